@@ -1,0 +1,50 @@
+"""DuckDB views over the manifest tables: ``sources, segments, shards, tokens, runs``.
+
+    con = connect("OUT")
+    con.execute("SELECT speaker, sum(duration)/3600 AS hours FROM segments WHERE kept GROUP BY 1").fetchall()
+
+A table with no parts yet gets an empty view with the right columns, so queries
+never fail on a fresh output directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+
+from manifests.schemas import TABLES
+from manifests.store import list_parts, table_dir
+
+_DUCK_TYPES = {
+    "string": "VARCHAR",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "double": "DOUBLE",
+    "bool": "BOOLEAN",
+}
+
+
+def _empty_select(table: str) -> str:
+    cols = []
+    for f in TABLES[table]:
+        t = _DUCK_TYPES.get(str(f.type), None)
+        if t is None:
+            # nested or timestamp types: NULL of a JSON-ish type is enough for an empty view
+            t = "TIMESTAMPTZ" if str(f.type).startswith("timestamp") else "VARCHAR"
+        cols.append(f"CAST(NULL AS {t}) AS \"{f.name}\"")
+    return f"SELECT {', '.join(cols)} WHERE false"
+
+
+def connect(out: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one view per manifest table of ``out``."""
+    con = duckdb.connect(database)
+    for table in TABLES:
+        if list_parts(out, table):
+            glob = str(table_dir(out, table) / "*.parquet").replace("'", "''")
+            # union_by_name: parts written by different schema versions still read together
+            sql = f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
+        else:
+            sql = _empty_select(table)
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {sql}")
+    return con

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One setup for users, the README and CI: system packages, a venv at .venv with the
+# pinned stack (requirements.lock), whisperx without its deps, and this project (editable).
+# Idempotent: a second run only checks. Needs Python 3.11 (python3.11 or python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for bin in ffmpeg sox espeak-ng; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
+if ((${#need_apt[@]})); then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "[setup] apt-get install ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg sox espeak-ng libsndfile1 >/dev/null
+  else
+    echo "[setup] please install: ${need_apt[*]} (ffmpeg libraries are needed by torchcodec)" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then PY=$cand; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "[setup] Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+VENV=${VENV:-.venv}
+stamp="$VENV/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  echo "[setup] $VENV is up to date"
+  exit 0
+fi
+[ -d "$VENV" ] || "$PY" -m venv "$VENV"
+# pip, not uv: uv ignores the locally served torch wheels and downloads ~3 GB (STACK.md).
+"$VENV/bin/pip" install -q --upgrade "pip>=24"
+"$VENV/bin/pip" install -q -r requirements.lock
+# whisperx pins torch~=2.8; with its deps it would replace our torch. It imports and runs on this stack.
+"$VENV/bin/pip" install -q --no-deps "whisperx==3.8.6"
+"$VENV/bin/pip" install -q --no-deps -e .
+"$VENV/bin/python" -c "import torch, whisperx, pyannote.audio, faster_whisper, ray, duckdb, webdataset; print('[setup] ok: torch', torch.__version__, 'ray', ray.__version__)"
+rm -f "$VENV"/.installed-*
+touch "$stamp"
