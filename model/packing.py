@@ -1,0 +1,94 @@
+"""Packing sequences into fixed-length rows without attention crossing documents.
+
+Each row of a batch holds several whole sequences one after another; ``doc_ids`` numbers them
+(-1 = padding) and ``positions`` restart at 0 for each, so the block-diagonal causal mask of
+``model.backbone.packed_causal_mask`` keeps documents independent. First-fit over a small buffer
+of sequences keeps the padding fraction low without reordering the stream much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from model.sequence import IGNORE, TTSSequence
+
+BATCH_KEYS = ("text", "semantic", "acoustic", "is_audio", "positions", "doc_ids", "sem_target", "ac_target", "ac_valid", "weight")
+
+
+def collate_rows(rows: list[list[TTSSequence]], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of sequences -> batch dict of tensors [B, seq_len] (acoustic/ac_target [B, seq_len, 36]).
+
+    Also carries ``n_tokens`` (non-padding positions) and ``n_frames`` (audio input positions).
+    """
+    b = len(rows)
+    ad = rows[0][0].acoustic.shape[1]
+    out = {
+        "text": np.full((b, seq_len), pad_id, np.int64),
+        "semantic": np.zeros((b, seq_len), np.int64),
+        "acoustic": np.zeros((b, seq_len, ad), np.int64),
+        "is_audio": np.zeros((b, seq_len), bool),
+        "positions": np.zeros((b, seq_len), np.int64),
+        "doc_ids": np.full((b, seq_len), -1, np.int64),
+        "sem_target": np.full((b, seq_len), IGNORE, np.int64),
+        "ac_target": np.zeros((b, seq_len, ad), np.int64),
+        "ac_valid": np.zeros((b, seq_len), bool),
+        "weight": np.zeros((b, seq_len), np.float32),
+    }
+    for r, row in enumerate(rows):
+        at = 0
+        for d, seq in enumerate(row):
+            n = len(seq)
+            sl = slice(at, at + n)
+            for k in ("text", "semantic", "acoustic", "is_audio", "sem_target", "ac_target", "ac_valid", "weight"):
+                out[k][r, sl] = getattr(seq, k)
+            out["positions"][r, sl] = np.arange(n)
+            out["doc_ids"][r, sl] = d
+            at += n
+        # Padding: positions keep counting so RoPE stays finite; doc -1 makes them their own block.
+        out["positions"][r, at:] = np.arange(seq_len - at)
+    batch = {k: torch.from_numpy(v) for k, v in out.items()}
+    batch["n_tokens"] = torch.tensor(int((batch["doc_ids"] >= 0).sum()))
+    batch["n_frames"] = torch.tensor(int(batch["is_audio"].sum()))
+    batch["n_truncated"] = torch.tensor(sum(s.truncated for row in rows for s in row))
+    return batch
+
+
+class Packer:
+    """Greedy first-fit packing of a sequence stream into batches of ``batch_size`` rows.
+
+    Keeps up to ``buffer`` open rows; a sequence goes into the first open row with room, otherwise a
+    new row is opened; when more than ``buffer`` rows are open, the fullest is emitted.
+    """
+
+    def __init__(self, seq_len: int, batch_size: int, pad_id: int, buffer: int = 16):
+        self.seq_len, self.batch_size, self.pad_id, self.buffer = seq_len, batch_size, pad_id, buffer
+
+    def pack(self, sequences: Iterable[TTSSequence], drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        open_rows: list[list[TTSSequence]] = []
+        used: list[int] = []
+        ready: list[list[TTSSequence]] = []
+        for seq in sequences:
+            if len(seq) > self.seq_len:
+                raise ValueError(f"sequence {seq.key} has {len(seq)} positions > seq_len {self.seq_len}")
+            for i, u in enumerate(used):
+                if u + len(seq) <= self.seq_len:
+                    open_rows[i].append(seq)
+                    used[i] += len(seq)
+                    break
+            else:
+                open_rows.append([seq])
+                used.append(len(seq))
+            if len(open_rows) > self.buffer:
+                i = int(np.argmax(used))
+                ready.append(open_rows.pop(i))
+                used.pop(i)
+            while len(ready) >= self.batch_size:
+                yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+                ready = ready[self.batch_size :]
+        ready.extend(open_rows)
+        while ready and (len(ready) >= self.batch_size or not drop_last):
+            yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+            ready = ready[self.batch_size :]

@@ -1,0 +1,215 @@
+"""Streaming token shards (DESIGN.md §6) into packed training batches.
+
+Order of operations for one consumer (a data-parallel rank x a DataLoader worker), per epoch:
+
+1. the shard list is shuffled with ``(seed, epoch)`` -- the same order on every rank;
+2. shards are dealt round-robin to consumers (``shard i -> consumer i % n_consumers``), so no two
+   consumers read the same sample; with fewer shards than consumers every consumer reads every
+   shard and keeps samples ``j % n_consumers == consumer`` instead (still no duplicates);
+3. samples pass a shuffle buffer seeded by ``(seed, epoch, consumer)``;
+4. each sample gets a voice prompt (``PromptPicker``) and becomes a ``TTSSequence``;
+5. sequences are packed into fixed-length rows (``model.packing.Packer``).
+
+Everything is a deterministic function of (seed, rank, worker), which is what makes exact resume
+possible (``model.loader``). Training streams are infinite (epoch after epoch); eval is one pass.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset import tariterators
+
+from model.config import FRAME_RATE, DataConfig
+from model.packing import Packer
+from model.sequence import Prompt, SequenceBuilder, TokenSample, self_prefix_split
+from model.text_tokenizer import TextTokenizer
+
+
+class TokenShardError(RuntimeError):
+    """A token shard or one of its samples is unreadable; the message names the shard and the key."""
+
+
+def list_shards(directory: str | Path) -> list[Path]:
+    """``<out>/shards/tokens/<codec_id>/NNNNNN.tar`` files, sorted. Raises if there are none."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TokenShardError(f"token directory {d} does not exist (expected <out>/shards/tokens/<codec_id>)")
+    shards = sorted(p for p in d.glob("*.tar") if not p.name.startswith("."))
+    if not shards:
+        raise TokenShardError(f"no *.tar token shards in {d}")
+    return shards
+
+
+def split_train_eval(shards: list[Path], eval_shards: int) -> tuple[list[Path], list[Path]]:
+    """Hold out the last ``eval_shards`` shards, keeping at least one for training."""
+    n = min(eval_shards, len(shards) - 1)
+    return (shards[: len(shards) - n], shards[len(shards) - n :]) if n > 0 else (shards, [])
+
+
+def parse_sample(shard: Path, raw: dict) -> TokenSample:
+    key = raw.get("__key__", "?")
+    if "tokens.npz" not in raw or "json" not in raw:
+        raise TokenShardError(f"{shard}: sample {key} lacks tokens.npz or json (has {sorted(raw)})")
+    try:
+        meta = json.loads(raw["json"])
+        with np.load(io.BytesIO(raw["tokens.npz"])) as z:
+            sem = z["semantic"].astype(np.int64)
+            ac = z["acoustic"].astype(np.int64)
+    except Exception as e:
+        raise TokenShardError(f"{shard}: sample {key} is unreadable: {type(e).__name__}: {e}") from e
+    if sem.ndim != 1 or ac.ndim != 2 or ac.shape[0] != sem.shape[0]:
+        raise TokenShardError(f"{shard}: sample {key}: semantic {sem.shape} / acoustic {ac.shape} shapes disagree")
+    if abs(float(meta.get("frame_rate", FRAME_RATE)) - FRAME_RATE) > 1e-6:
+        raise TokenShardError(f"{shard}: sample {key}: frame_rate {meta.get('frame_rate')} != {FRAME_RATE}")
+    return TokenSample(
+        key=str(meta.get("key", key)),
+        speaker=str(meta.get("speaker") or meta.get("source_id") or key),
+        text=str(meta.get("text", "")),
+        words=list(meta.get("words") or []),
+        start=float(meta.get("start", 0.0)),
+        semantic=sem,
+        acoustic=ac,
+    )
+
+
+def read_shard(shard: Path) -> Iterator[TokenSample]:
+    """Samples of one shard in stored order."""
+    try:
+        for raw in tariterators.tarfile_samples([{"url": str(shard)}]):
+            yield parse_sample(shard, raw)
+    except TokenShardError:
+        raise
+    except Exception as e:
+        raise TokenShardError(f"{shard}: unreadable tar ({type(e).__name__}: {e})") from e
+
+
+class PromptPicker:
+    """Chooses each sample's voice prompt from recently seen segments of the same speaker.
+
+    Remembers the last ``cache`` segments per speaker (a bounded stream-side cache, so nothing is
+    indexed in advance); a prompt is a random 3-25 s crop of another segment. A speaker seen for the
+    first time gets a prefix of its own segment (cut at a word boundary; the target is the rest).
+    """
+
+    def __init__(self, cfg: DataConfig, rng: random.Random):
+        self.cfg, self.rng = cfg, rng
+        self.seen: dict[str, deque[TokenSample]] = defaultdict(lambda: deque(maxlen=max(cfg.speaker_cache, 1)))
+        self.counts = {"other": 0, "self": 0, "none": 0}
+
+    def pick(self, sample: TokenSample) -> tuple[Prompt, str | None, int]:
+        """-> (prompt, text override or None, first target frame)."""
+        cfg, rng = self.cfg, self.rng
+        others = [s for s in self.seen[sample.speaker] if s.key != sample.key]
+        self.seen[sample.speaker].append(sample)
+        if rng.random() < cfg.p_no_prompt:
+            self.counts["none"] += 1
+            return Prompt.none(sample.acoustic.shape[1]), None, 0
+        if others:
+            other = rng.choice(others)
+            lo, hi = int(round(cfg.prompt_min_s * FRAME_RATE)), int(round(cfg.prompt_max_s * FRAME_RATE))
+            n = min(other.n_frames, rng.randint(lo, hi))
+            off = rng.randint(0, other.n_frames - n)
+            self.counts["other"] += 1
+            return Prompt(other.semantic[off : off + n], other.acoustic[off : off + n], "other"), None, 0
+        split = self_prefix_split(sample, cfg)
+        if split is None:
+            self.counts["none"] += 1
+            return Prompt.none(sample.acoustic.shape[1]), None, 0
+        cut, text = split
+        self.counts["self"] += 1
+        return Prompt(sample.semantic[:cut], sample.acoustic[:cut], "self"), text, cut
+
+
+class PackedTokenStream(IterableDataset):
+    """Packed batches for one data-parallel rank; DataLoader workers split it further.
+
+    ``infinite=True`` loops over epochs (training); ``False`` makes one pass (eval).
+    """
+
+    def __init__(
+        self,
+        shards: list[Path],
+        tokenizer: TextTokenizer,
+        cfg: DataConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        infinite: bool = True,
+        shuffle: bool = True,
+    ):
+        super().__init__()
+        if not shards:
+            raise TokenShardError("PackedTokenStream needs at least one shard")
+        self.shards, self.tokenizer, self.cfg = list(shards), tokenizer, cfg
+        self.rank, self.world_size, self.infinite, self.shuffle = rank, world_size, infinite, shuffle
+
+    def _consumer(self) -> tuple[int, int, int]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * nw + wid, self.world_size * nw, wid
+
+    def samples(self, epoch: int) -> Iterator[TokenSample]:
+        """This consumer's samples of one epoch, after shard split and shuffle buffer."""
+        consumer, n_consumers, _ = self._consumer()
+        order = list(self.shards)
+        if self.shuffle:
+            random.Random(f"{self.cfg.seed}:shards:{epoch}").shuffle(order)
+        if len(order) >= n_consumers:
+            mine, keep = order[consumer::n_consumers], None
+        else:
+            mine, keep = order, consumer  # sample-level split: j % n_consumers == consumer
+
+        def stream() -> Iterator[TokenSample]:
+            j = 0
+            for shard in mine:
+                for s in read_shard(shard):
+                    if keep is None or j % n_consumers == keep:
+                        yield s
+                    j += 1
+
+        if not self.shuffle or self.cfg.shuffle_buffer <= 1:
+            yield from stream()
+            return
+        rng = random.Random(f"{self.cfg.seed}:buffer:{epoch}:{consumer}")
+        buf: list[TokenSample] = []
+        for s in stream():
+            buf.append(s)
+            if len(buf) >= self.cfg.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    def sequences(self) -> Iterator:
+        consumer, _, _ = self._consumer()
+        builder = SequenceBuilder(self.tokenizer, self.cfg)
+        # The prompt cache lives across epochs: a speaker seen in epoch 0 has "others" in epoch 1.
+        picker = PromptPicker(self.cfg, random.Random(f"{self.cfg.seed}:prompt:{consumer}"))
+        epoch = 0
+        while True:
+            n = 0
+            for s in self.samples(epoch):
+                prompt, text, start = picker.pick(s)
+                n += 1
+                yield builder.build(s, prompt, text, start)
+            if n == 0:
+                # This consumer got no sample at all: an infinite loop would spin forever.
+                raise TokenShardError(
+                    f"data consumer {consumer} got no samples from {len(self.shards)} shard(s); "
+                    "use fewer workers/ranks or more shards"
+                )
+            epoch += 1
+            if not self.infinite:
+                return
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        builder_pad = SequenceBuilder(self.tokenizer, self.cfg).sp.pad
+        packer = Packer(self.cfg.seq_len, self.cfg.batch_size, builder_pad, self.cfg.pack_buffer)
+        yield from packer.pack(self.sequences(), drop_last=False)
