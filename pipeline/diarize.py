@@ -1,0 +1,108 @@
+"""Diarize stage: pyannote ``SpeakerDiarization`` -> speaker turns with global ids.
+
+Offline default: the segmentation model whisperx ships + resemblyzer's speaker encoder,
+agglomerative clustering on cosine distance (no PLDA: none ships offline). The raw
+segmentation scores computed by the segment stage are reused, so the segmentation model
+runs once per source. ``diarization="pyannote/speaker-diarization-community-1"`` (or a
+local path) loads a pretrained pyannote pipeline instead, for users with a hub or cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.segment import SegmentationResult, load_segmentation_model, resolve_device
+from pipeline.speaker_embedding import ResemblyzerEmbedding
+
+
+@dataclass
+class Diarization:
+    """turns: [(start, end, local_label)] seconds, possibly overlapping;
+    exclusive: the same with at most one speaker at a time (what words are assigned from)."""
+
+    turns: list[tuple[float, float, str]]
+    exclusive: list[tuple[float, float, str]]
+
+
+def _build_offline_pipeline(segmentation_path, step, threshold, device, token):
+    from pyannote.audio.pipelines import SpeakerDiarization
+    from pyannote.audio.pipelines.clustering import AgglomerativeClustering
+
+    seg_model = load_segmentation_model(segmentation_path, token)
+
+    class OfflineSpeakerDiarization(SpeakerDiarization):
+        """pyannote's pipeline with an injected embedding model and precomputed segmentations."""
+
+        def get_segmentations(self, file, hook=None):
+            if "precomputed_segmentation" in file:
+                return file["precomputed_segmentation"]
+            return super().get_segmentations(file, hook=hook)
+
+    # pyannote's constructor insists on loading a PLDA and (unless clustering is oracle) a
+    # pretrained embedding by name; no PLDA ships offline and ours is not a pyannote model.
+    # Build with OracleClustering and no PLDA, then set the embedding and clustering below.
+    import pyannote.audio.pipelines.speaker_diarization as sd
+
+    get_plda = sd.get_plda
+    sd.get_plda = lambda plda, **kw: None if plda is None else get_plda(plda, **kw)
+    try:
+        p = OfflineSpeakerDiarization(segmentation=seg_model, segmentation_step=step, embedding=None, plda=None,
+                                      clustering="OracleClustering", embedding_batch_size=32,
+                                      segmentation_batch_size=32)
+    finally:
+        sd.get_plda = get_plda
+    p._embedding = ResemblyzerEmbedding(device)
+    from pyannote.audio.core.io import Audio
+
+    p._audio = Audio(sample_rate=16_000, mono="downmix")
+    p.klustering = "AgglomerativeClustering"
+    p.clustering = AgglomerativeClustering(metric="cosine")
+    p._expects_num_speakers = False
+    p.instantiate({
+        "segmentation": {"threshold": 0.5, "min_duration_off": 0.0},
+        "clustering": {"method": "centroid", "min_cluster_size": 6, "threshold": threshold},
+    })
+    p.to(device)
+    return p
+
+
+class Diarizer:
+    """``__call__(audio16 [N] 16 kHz, segmentation) -> Diarization``."""
+
+    def __init__(self, diarization: str = "offline", segmentation_path: str | None = None,
+                 step: float = 0.25, threshold: float = 0.6, device: str = "auto", threads: int = 1,
+                 num_speakers: int | None = None, min_speakers: int | None = None,
+                 max_speakers: int | None = None, token: str | None = None):
+        torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
+                                         max_speakers=max_speakers).items() if v is not None}
+        self.offline = diarization == "offline"
+        if self.offline:
+            self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token)
+        else:
+            from pyannote.audio import Pipeline
+
+            self.pipeline = Pipeline.from_pretrained(diarization, token=token)
+            if self.pipeline is None:
+                raise FileNotFoundError(f"cannot load pyannote pipeline {diarization!r} (no hub access or cache?)")
+            self.pipeline.to(self.device)
+
+    def __call__(self, audio16: np.ndarray, segmentation: SegmentationResult | None = None) -> Diarization:
+        from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+        wav = torch.from_numpy(np.ascontiguousarray(audio16, dtype=np.float32))[None]
+        file = {"waveform": wav, "sample_rate": 16_000, "uri": "source"}
+        if self.offline and segmentation is not None and segmentation.scores is not None:
+            sw = SlidingWindow(start=0.0, duration=segmentation.chunk_duration, step=segmentation.chunk_step)
+            file["precomputed_segmentation"] = SlidingWindowFeature(segmentation.scores, sw)
+        with torch.inference_mode():
+            out = self.pipeline(file, **self.kw)
+        ann = getattr(out, "speaker_diarization", out)
+        excl = getattr(out, "exclusive_speaker_diarization", ann)
+        turns = [(float(s.start), float(s.end), str(label)) for s, _, label in ann.itertracks(yield_label=True)]
+        exclusive = [(float(s.start), float(s.end), str(label)) for s, _, label in excl.itertracks(yield_label=True)]
+        return Diarization(sorted(turns), sorted(exclusive))

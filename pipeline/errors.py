@@ -1,0 +1,60 @@
+"""Typed errors of the ingest. Each has a short ``reason`` code (counted in the summary,
+stored as the prefix of ``sources.error``) and a message naming the file and the problem."""
+
+from __future__ import annotations
+
+
+class SourceError(Exception):
+    """A source cannot be used. ``status`` goes to the sources table."""
+
+    reason = "error"
+    status = "rejected"
+
+    def __init__(self, path: str, detail: str):
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{self.reason}: {path}: {detail}")
+
+
+class EmptyFile(SourceError):
+    reason = "empty_file"
+
+
+class Unreadable(SourceError):
+    reason = "unreadable"
+
+
+class NotAudio(SourceError):
+    reason = "not_audio"
+
+
+class Truncated(SourceError):
+    reason = "truncated"
+
+
+class NoSamples(SourceError):
+    reason = "zero_length"
+
+
+class TooShort(SourceError):
+    reason = "too_short"
+
+
+class NonFinite(SourceError):
+    reason = "non_finite"
+
+
+class Silent(SourceError):
+    reason = "silent"
+
+
+class Duplicate(SourceError):
+    reason = "duplicate"
+
+
+class StageFailure(SourceError):
+    """An unexpected error inside a stage: recorded with status ``failed`` (a bug or a
+    resource problem, not bad input); the run goes on."""
+
+    reason = "stage_failed"
+    status = "failed"

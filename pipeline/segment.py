@@ -1,0 +1,126 @@
+"""Segment stage: voice activity detection, with the raw speaker-segmentation scores kept
+for the diarization stage (one pass of the segmentation model serves both).
+
+Offline default: the pyannote segmentation model that whisperx ships
+(``whisperx/assets/pytorch_model.bin``: PyanNet, 16 kHz, 5 s windows, 3 local speakers).
+Silero (``--vad silero``, faster-whisper's bundled ONNX model) gives VAD only; the
+diarizer then runs its own segmentation pass.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def whisperx_segmentation_path() -> str:
+    import whisperx
+
+    path = os.path.join(os.path.dirname(whisperx.__file__), "assets", "pytorch_model.bin")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"whisperx's bundled segmentation model is missing at {path}; reinstall whisperx==3.8.6")
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class SegmentationResult:
+    """speech: [(start, end)] seconds of voice activity, sorted.
+    scores: raw segmentation [chunks, frames, 3 local speakers] (pyannote only, else None);
+    chunk_start/chunk_step/chunk_duration in seconds describe its sliding window."""
+
+    speech: list[tuple[float, float]]
+    scores: np.ndarray | None
+    chunk_step: float
+    chunk_duration: float
+
+
+def load_segmentation_model(path: str | None, token: str | None = None):
+    from pyannote.audio import Model
+
+    model = Model.from_pretrained(path or whisperx_segmentation_path(), token=token)
+    if model is None:
+        raise FileNotFoundError(f"cannot load pyannote segmentation model from {path!r}")
+    return model
+
+
+class Segmenter:
+    """``__call__(audio16: float32 [N] at 16 kHz) -> SegmentationResult``."""
+
+    def __init__(self, vad: str = "pyannote", model_path: str | None = None, step: float = 0.25,
+                 onset: float = 0.5, offset: float = 0.363, device: str = "auto", threads: int = 1,
+                 batch_size: int = 32, token: str | None = None):
+        torch.set_num_threads(threads)
+        self.vad = vad
+        self.onset, self.offset = onset, offset
+        self.device = resolve_device(device)
+        if vad == "pyannote":
+            from pyannote.audio import Inference
+
+            self.model = load_segmentation_model(model_path, token)
+            self.duration = float(self.model.specifications.duration)
+            self.step = step * self.duration
+            self.inference = Inference(self.model, duration=self.duration, step=self.step,
+                                       skip_aggregation=True, batch_size=batch_size, device=self.device)
+        else:
+            from faster_whisper.vad import get_vad_model
+
+            self.silero = get_vad_model()
+            self.duration, self.step = 0.0, 0.0
+
+    def __call__(self, audio16: np.ndarray) -> SegmentationResult:
+        if self.vad == "silero":
+            return self._silero(audio16)
+        from pyannote.audio import Inference
+        from pyannote.core import SlidingWindowFeature
+        from whisperx.vads.pyannote import Binarize
+
+        wav = torch.from_numpy(np.ascontiguousarray(audio16, dtype=np.float32))[None]
+        with torch.inference_mode():
+            seg: SlidingWindowFeature = self.inference({"waveform": wav, "sample_rate": 16_000})
+        # VAD score of a frame = max over local speakers, averaged over overlapping chunks
+        # (what pyannote's VoiceActivityDetection does with its pre-aggregation hook).
+        speech_scores = SlidingWindowFeature(np.max(seg.data, axis=-1, keepdims=True), seg.sliding_window)
+        frames = self.model.receptive_field
+        agg = Inference.aggregate(speech_scores, frames, hamming=True)
+        binarize = Binarize(onset=self.onset, offset=self.offset, min_duration_on=0.1, min_duration_off=0.1)
+        timeline = binarize(agg).get_timeline().support()
+        total = len(audio16) / 16_000
+        speech = [(max(0.0, s.start), min(total, s.end)) for s in timeline if s.end > s.start]
+        return SegmentationResult(speech=speech, scores=seg.data.astype(np.float32),
+                                  chunk_step=seg.sliding_window.step, chunk_duration=seg.sliding_window.duration)
+
+    def _silero(self, audio16: np.ndarray) -> SegmentationResult:
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        ts = get_speech_timestamps(audio16, VadOptions(threshold=self.onset, min_silence_duration_ms=100))
+        return SegmentationResult(speech=[(t["start"] / 16_000, t["end"] / 16_000) for t in ts], scores=None,
+                                  chunk_step=0.0, chunk_duration=0.0)
+
+
+def merge_for_asr(speech: list[tuple[float, float]], max_chunk: float = 30.0, max_gap: float = 2.0) -> list[tuple[float, float]]:
+    """Group VAD regions into ASR windows of at most ``max_chunk`` s (Whisper's context),
+    joining neighbours closer than ``max_gap`` s; a region longer than the window is cut
+    into equal parts (the utterance builder later cuts only between words)."""
+    out: list[tuple[float, float]] = []
+    for s, e in speech:
+        if e - s > max_chunk:
+            n = int(np.ceil((e - s) / max_chunk))
+            step = (e - s) / n
+            pieces = [(s + i * step, s + (i + 1) * step) for i in range(n)]
+        else:
+            pieces = [(s, e)]
+        for ps, pe in pieces:
+            if out and ps - out[-1][1] <= max_gap and pe - out[-1][0] <= max_chunk:
+                out[-1] = (out[-1][0], pe)
+            else:
+                out.append((ps, pe))
+    return out

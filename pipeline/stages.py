@@ -1,0 +1,201 @@
+"""The ingest's stages in their batch form: ``__init__`` loads models once, ``__call__``
+maps a batch (dict of column lists, one entry per source) to a batch.
+
+A row that failed earlier (``status != "ok"``) passes through untouched. A typed
+``SourceError`` rejects the source; any other exception marks it ``failed`` with the
+error, and the run goes on. None of this knows about Ray (see ``pipeline.ray_adapter``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+
+from pipeline.config import IngestConfig
+from pipeline.errors import SourceError, StageFailure, Unreadable
+
+Batch = dict[str, list]
+
+
+def source_id_of(path: str, chunk: int = 1 << 20) -> str:
+    """First 16 hex chars of the SHA-256 of the file's bytes (DESIGN §3)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()[:16]
+
+
+def rows_of(batch: Batch) -> list[dict]:
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{k: batch[k][i] for k in batch} for i in range(n)]
+
+
+def batch_of(rows: list[dict]) -> Batch:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+class _Stage:
+    name = "stage"
+
+    def process(self, row: dict) -> None:  # fills fields of ``row`` in place
+        raise NotImplementedError
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = rows_of(batch)
+        for row in rows:
+            if row.get("status") != "ok":
+                continue
+            t = time.perf_counter()
+            try:
+                self.process(row)
+            except SourceError as e:
+                row["status"], row["error"] = e.status, str(e)
+            except Exception as e:  # noqa: BLE001 - a bug or resource problem must not end the run
+                err = StageFailure(row.get("path", "?"), f"{self.name}: {type(e).__name__}: {e}")
+                row["status"], row["error"] = err.status, str(err)
+                row["traceback"] = traceback.format_exc(limit=8)
+            row.setdefault("timings", {})[self.name] = time.perf_counter() - t
+        return batch_of(rows)
+
+
+class HashAndDecode(_Stage):
+    """path -> source_id, bytes, audio16, audio24 and the source's properties."""
+
+    name = "decode"
+
+    def __init__(self, cfg: IngestConfig, done: frozenset[str] = frozenset()):
+        from pipeline.decode import Decoder
+
+        self.decoder = Decoder(cfg.analysis_rate, cfg.output_rate, cfg.min_source_duration, cfg.silence_dbfs)
+        self.done = done
+
+    def process(self, row: dict) -> None:
+        path = row["path"]
+        with _local_copy(path) as local:
+            try:
+                row["bytes"] = os.path.getsize(local)
+                row["source_id"] = source_id_of(local)
+            except OSError as e:
+                raise Unreadable(path, f"cannot read file ({e.strerror or e})") from e
+            if row["source_id"] in self.done:
+                row["status"], row["error"] = "skip", None
+                return
+            d = self.decoder(local)
+        row.update(audio16=d.audio16, audio24=d.audio24, duration=d.duration, sample_rate=d.sample_rate,
+                   channels=d.channels, codec=d.codec)
+
+
+class _local_copy:
+    """A local path for ``path``: itself, or a temporary download of a remote URI (fsspec)."""
+
+    def __init__(self, path: str):
+        self.path, self.tmp = path, None
+
+    def __enter__(self) -> str:
+        if "://" not in self.path or self.path.startswith("file://"):
+            return self.path.removeprefix("file://")
+        import tempfile
+
+        import fsspec
+
+        suffix = os.path.splitext(self.path)[1]
+        fd, self.tmp = tempfile.mkstemp(suffix=suffix)
+        os.close(fd)
+        try:
+            with fsspec.open(self.path, "rb") as src, open(self.tmp, "wb") as dst:
+                while b := src.read(1 << 22):
+                    dst.write(b)
+        except OSError as e:
+            raise Unreadable(self.path, f"cannot fetch ({e})") from e
+        return self.tmp
+
+    def __exit__(self, *exc):
+        if self.tmp:
+            os.unlink(self.tmp)
+
+
+class Segment(_Stage):
+    """audio16 -> segmentation (VAD regions + raw speaker scores)."""
+
+    name = "segment"
+
+    def __init__(self, cfg: IngestConfig):
+        from pipeline.segment import Segmenter
+
+        r = cfg.resources["segment"]
+        self.segmenter = Segmenter(cfg.vad, cfg.vad_model, cfg.segmentation_step, cfg.vad_onset, cfg.vad_offset,
+                                   cfg.device, r.threads, token=cfg.hf_token)
+
+    def process(self, row: dict) -> None:
+        row["segmentation"] = self.segmenter(row["audio16"])
+
+
+class Transcribe(_Stage):
+    """audio16 + VAD regions -> transcript with word timestamps."""
+
+    name = "transcribe"
+
+    def __init__(self, cfg: IngestConfig):
+        from pipeline.transcribe import Transcriber
+
+        r = cfg.resources["transcribe"]
+        self.transcriber = Transcriber(cfg.asr_model, cfg.asr_device, cfg.asr_compute_type, cfg.asr_batch_size,
+                                       cfg.asr_beam_size, cfg.language, cfg.align_model, r.threads)
+        self.max_chunk = cfg.max_duration
+
+    def process(self, row: dict) -> None:
+        from pipeline.segment import merge_for_asr
+
+        windows = merge_for_asr(row["segmentation"].speech, max_chunk=30.0)
+        row["transcript"] = self.transcriber(row["audio16"], windows)
+
+
+class Diarize(_Stage):
+    """audio16 + segmentation -> speaker turns (None when diarization is off)."""
+
+    name = "diarize"
+
+    def __init__(self, cfg: IngestConfig):
+        self.diarizer = None
+        if cfg.diarization != "none":
+            from pipeline.diarize import Diarizer
+
+            r = cfg.resources["diarize"]
+            self.diarizer = Diarizer(cfg.diarization, cfg.vad_model, cfg.segmentation_step, cfg.cluster_threshold,
+                                     cfg.device, r.threads, cfg.num_speakers, cfg.min_speakers, cfg.max_speakers,
+                                     cfg.hf_token)
+
+    def process(self, row: dict) -> None:
+        speech = row["segmentation"].speech
+        if self.diarizer is None or not speech or not row["transcript"].segments:
+            row["diarization"] = None
+            return
+        row["diarization"] = self.diarizer(row["audio16"], row["segmentation"])
+
+
+class Assemble(_Stage):
+    """Everything -> segment rows + WebDataset samples; drops the audio arrays."""
+
+    name = "assemble"
+
+    def __init__(self, cfg: IngestConfig):
+        from pipeline.assemble import Assembler
+
+        self.assembler = Assembler(cfg)
+
+    def process(self, row: dict) -> None:
+        t = row["transcript"]
+        row["segment_rows"], row["samples"] = self.assembler(row, row["audio16"], row["audio24"], t,
+                                                             row.get("diarization"))
+        row["language"], row["language_prob"] = t.language, t.language_prob
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = super().__call__(batch)
+        # the big arrays stop here: only FLAC bytes travel to the writer
+        for k in ("audio16", "audio24", "segmentation"):
+            out.pop(k, None)
+        return out

@@ -1,0 +1,109 @@
+"""Build single-speaker utterances from words, speaker turns and pauses.
+
+Pure logic (no models): words come from the transcriber, speakers from the diarizer.
+Boundaries fall only between words: at speaker changes, at pauses of at least
+``max_pause`` s, at overlapped speech, and, for runs longer than ``max_duration``, at the
+longest pause inside the run. All times are seconds relative to the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Utterance:
+    start: float
+    end: float
+    speaker: str | None  # local diarization label (None: no speaker found)
+    words: list[dict] = field(default_factory=list)  # {word, start, end, score, speaker, overlap, seg}
+    overlap: bool = False
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def text(self) -> str:
+        return " ".join(w["word"] for w in self.words).strip()
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def assign_speakers(words: list[dict], turns: list[tuple[float, float, str]],
+                    exclusive: list[tuple[float, float, str]]) -> list[dict]:
+    """Give each word the speaker it overlaps most (exclusive diarization; nearest turn when
+    it overlaps none) and flag words spoken while two or more speakers are active."""
+    out = []
+    for w in words:
+        w0, w1 = w["start"], max(w["end"], w["start"] + 1e-3)
+        best, best_ov = None, 0.0
+        for s, e, spk in exclusive:
+            ov = _overlap(w0, w1, s, e)
+            if ov > best_ov:
+                best, best_ov = spk, ov
+        if best is None and exclusive:
+            mid = (w0 + w1) / 2
+            best = min(exclusive, key=lambda t: min(abs(mid - t[0]), abs(mid - t[1])))[2]
+        active = {spk for s, e, spk in turns if _overlap(w0, w1, s, e) > 0.5 * (w1 - w0)}
+        out.append({**w, "speaker": best, "overlap": len(active) >= 2})
+    return out
+
+
+def _split_long(words: list[dict], max_duration: float) -> list[list[dict]]:
+    """Cut a run of words at its longest inner pause until each piece fits ``max_duration``."""
+    if len(words) <= 1 or words[-1]["end"] - words[0]["start"] <= max_duration:
+        return [words]
+    gaps = [(words[i + 1]["start"] - words[i]["end"], i) for i in range(len(words) - 1)]
+    _, i = max(gaps)
+    return _split_long(words[: i + 1], max_duration) + _split_long(words[i + 1:], max_duration)
+
+
+def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration: float = 30.0,
+                     min_duration: float = 1.0, edge_pad: float = 0.1, total: float | None = None) -> list[Utterance]:
+    """Words (with ``speaker`` and ``overlap`` from :func:`assign_speakers`) -> utterances.
+
+    Adjacent runs of the same speaker shorter than ``min_duration`` are merged when the pause
+    between them is below ``max_pause`` * 2 and the result fits; edges get ``edge_pad`` s of
+    context, never reaching into the neighbouring word.
+    """
+    words = sorted((w for w in words if w["end"] >= w["start"]), key=lambda w: w["start"])
+    runs: list[list[dict]] = []
+    for w in words:
+        if runs:
+            prev = runs[-1][-1]
+            same = (w["speaker"] == prev["speaker"] and w.get("overlap", False) == prev.get("overlap", False))
+            if same and w["start"] - prev["end"] < max_pause:
+                runs[-1].append(w)
+                continue
+        runs.append([w])
+    pieces: list[list[dict]] = []
+    for r in runs:
+        pieces.extend(_split_long(r, max_duration))
+
+    # merge short pieces into a same-speaker neighbour when the pause is small and it fits
+    merged: list[list[dict]] = []
+    for p in pieces:
+        if merged:
+            q = merged[-1]
+            short = (p[-1]["end"] - p[0]["start"] < min_duration) or (q[-1]["end"] - q[0]["start"] < min_duration)
+            fits = p[-1]["end"] - q[0]["start"] <= max_duration
+            same = p[0]["speaker"] == q[-1]["speaker"] and p[0].get("overlap") == q[-1].get("overlap")
+            if short and fits and same and p[0]["start"] - q[-1]["end"] < 2 * max_pause:
+                q.extend(p)
+                continue
+        merged.append(list(p))
+
+    utts = []
+    for i, p in enumerate(merged):
+        lo = merged[i - 1][-1]["end"] if i > 0 else 0.0
+        hi = merged[i + 1][0]["start"] if i + 1 < len(merged) else (total if total is not None else p[-1]["end"] + edge_pad)
+        start = max(lo, p[0]["start"] - edge_pad, 0.0)
+        end = min(hi, p[-1]["end"] + edge_pad)
+        if total is not None:
+            end = min(end, total)
+        utts.append(Utterance(start=start, end=end, speaker=p[0]["speaker"], words=p,
+                              overlap=any(w.get("overlap") for w in p)))
+    return utts
