@@ -36,6 +36,9 @@ class ResumableLoader:
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
+            # Its own generator: creating an iterator must not draw from the global torch RNG, or a
+            # resumed run (which creates it after restoring the RNG) would diverge from an unbroken one.
+            generator=torch.Generator().manual_seed(self.stream.cfg.seed),
         )
         return iter(dl)
 
