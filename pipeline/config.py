@@ -65,7 +65,7 @@ class IngestConfig:
     vad_model: str | None = None  # path to a pyannote segmentation checkpoint; default: whisperx's asset
     vad_onset: float = 0.5
     vad_offset: float = 0.363
-    segmentation_step: float = 0.25  # fraction of the 5 s window between two segmentation chunks
+    segmentation_step: float = 0.5  # fraction of the 5 s window between two segmentation chunks
     min_duration: float = 1.0  # s: utterance bounds
     max_duration: float = 30.0
     max_pause: float = 0.8  # s: a pause at least this long between words ends an utterance

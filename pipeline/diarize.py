@@ -27,7 +27,7 @@ class Diarization:
     exclusive: list[tuple[float, float, str]]
 
 
-def _build_offline_pipeline(segmentation_path, step, threshold, device, token):
+def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5, min_cluster_size=6):
     from pyannote.audio.pipelines import SpeakerDiarization
     from pyannote.audio.pipelines.clustering import AgglomerativeClustering
 
@@ -62,8 +62,8 @@ def _build_offline_pipeline(segmentation_path, step, threshold, device, token):
     p.clustering = AgglomerativeClustering(metric="cosine")
     p._expects_num_speakers = False
     p.instantiate({
-        "segmentation": {"threshold": 0.5, "min_duration_off": 0.0},
-        "clustering": {"method": "centroid", "min_cluster_size": 6, "threshold": threshold},
+        "segmentation": {"threshold": onset, "min_duration_off": 0.0},
+        "clustering": {"method": "centroid", "min_cluster_size": min_cluster_size, "threshold": threshold},
     })
     p.to(device)
     return p
@@ -75,14 +75,16 @@ class Diarizer:
     def __init__(self, diarization: str = "offline", segmentation_path: str | None = None,
                  step: float = 0.25, threshold: float = 0.6, device: str = "auto", threads: int = 1,
                  num_speakers: int | None = None, min_speakers: int | None = None,
-                 max_speakers: int | None = None, token: str | None = None):
+                 max_speakers: int | None = None, token: str | None = None, onset: float = 0.5,
+                 min_cluster_size: int = 6):
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
                                          max_speakers=max_speakers).items() if v is not None}
         self.offline = diarization == "offline"
         if self.offline:
-            self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token)
+            self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
+                                                   min_cluster_size)
         else:
             from pyannote.audio import Pipeline
 

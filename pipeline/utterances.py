@@ -98,10 +98,14 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
 
     utts = []
     for i, p in enumerate(merged):
-        lo = merged[i - 1][-1]["end"] if i > 0 else 0.0
-        hi = merged[i + 1][0]["start"] if i + 1 < len(merged) else (total if total is not None else p[-1]["end"] + edge_pad)
-        start = max(lo, p[0]["start"] - edge_pad, 0.0)
-        end = min(hi, p[-1]["end"] + edge_pad)
+        # padding may use at most half of the pause to a neighbour, so utterances never overlap
+        lo = (merged[i - 1][-1]["end"] + p[0]["start"]) / 2 if i > 0 else 0.0
+        if i + 1 < len(merged):
+            hi = (p[-1]["end"] + merged[i + 1][0]["start"]) / 2
+        else:
+            hi = total if total is not None else p[-1]["end"] + edge_pad
+        start = min(p[0]["start"], max(lo, p[0]["start"] - edge_pad, 0.0))
+        end = max(p[-1]["end"], min(hi, p[-1]["end"] + edge_pad))
         if total is not None:
             end = min(end, total)
         utts.append(Utterance(start=start, end=end, speaker=p[0]["speaker"], words=p,

@@ -24,6 +24,16 @@ from manifests.store import _fsync_dir, list_parts, read_table, remove_temporari
 PART_RE = re.compile(r"^(\d{6})\.(tar|parquet)$")
 
 
+def _fault_point(name: str, index: int) -> None:
+    """Fault injection for tests: ``VOXFORGE_FAULT=after_tar:2`` SIGKILLs this process right
+    after part 2's tar is renamed into place (points: after_tar, after_segments, after_shards)."""
+    spec = os.environ.get("VOXFORGE_FAULT")
+    if spec and spec == f"{name}:{index}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class ShardWriter:
     def __init__(self, out: str | os.PathLike, run_id: str, max_bytes: int = 1_000_000_000,
                  max_samples: int = 10_000):
@@ -139,6 +149,7 @@ class ShardWriter:
             final = self.audio_dir / f"{name}.tar"
             os.replace(self.tar_tmp, final)
             _fsync_dir(self.audio_dir)
+            _fault_point("after_tar", self.next_index)
             shard_row = {"shard": name, "path": str(Path("shards") / "audio" / f"{name}.tar"),
                          "n_samples": self.n_samples, "bytes": final.stat().st_size,
                          "sha256": self.sha.hexdigest(), "total_duration": round(self.total_duration, 6),
@@ -146,7 +157,9 @@ class ShardWriter:
         for r in self.segment_rows:
             r["run_id"] = self.run_id
         write_part(self.out, "segments", name, self.segment_rows)
+        _fault_point("after_segments", self.next_index)
         write_part(self.out, "shards", name, [shard_row] if shard_row else [])
+        _fault_point("after_shards", self.next_index)
         write_part(self.out, "sources", name, self.source_rows)  # the commit marker
         self.next_index += 1
         self._reset()

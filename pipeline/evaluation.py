@@ -1,0 +1,126 @@
+"""Reference-based evaluation helpers: WER with text normalisation, DER from RTTM files.
+
+Used by the tests and by ``bench/ingest_quality.py``; metrics come from maintained
+packages (jiwer, pyannote.metrics).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+_TAGS = re.compile(r"<[^>]*>|\[[^\]]*\]|\{[^}]*\}")
+_NUM_WORDS = None
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, drop bracketed tags (<unk>, [laughter]), punctuation and accents; digits
+    become words (num2words is not a dependency: a small English reader covers 0-9999)."""
+    t = _TAGS.sub(" ", text)
+    t = unicodedata.normalize("NFKD", t)
+    t = "".join(c for c in t if not unicodedata.combining(c)).lower()
+    t = t.replace("%", " percent ").replace("&", " and ")
+    t = re.sub(r"(\d),(\d)", r"\1\2", t)
+    t = re.sub(r"\d+", lambda m: " " + number_words(int(m.group())) + " ", t)
+    t = re.sub(r"[^a-z' ]+", " ", t).replace("'", "")
+    return " ".join(t.split())
+
+
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + number_words(n % 100))
+    if n < 1_000_000:
+        return number_words(n // 1000) + " thousand" + ("" if n % 1000 == 0 else " " + number_words(n % 1000))
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER (total edits / total reference words) of normalised texts."""
+    import jiwer
+
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+def load_rttm(path: str | Path) -> dict:
+    """uri -> pyannote Annotation."""
+    from pyannote.core import Annotation, Segment
+
+    out: dict = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        f = line.split()
+        if len(f) < 8 or f[0] != "SPEAKER":
+            continue
+        uri, start, dur, spk = f[1], float(f[3]), float(f[4]), f[7]
+        out.setdefault(uri, Annotation(uri=uri))[Segment(start, start + dur)] = spk
+    return out
+
+
+def load_uem(path: str | Path) -> dict:
+    from pyannote.core import Segment, Timeline
+
+    out: dict = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            out.setdefault(f[0], Timeline(uri=f[0])).add(Segment(float(f[2]), float(f[3])))
+    return out
+
+
+def annotation(turns: list[tuple[float, float, str]], uri: str):
+    from pyannote.core import Annotation, Segment
+
+    a = Annotation(uri=uri)
+    for s, e, spk in turns:
+        if e > s:
+            a[Segment(s, e)] = spk
+    return a
+
+
+def der(references: dict, hypotheses: dict, uems: dict | None = None, collar: float = 0.0) -> dict:
+    """Aggregate DER over uris (pyannote.metrics), plus its components."""
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
+    for uri, ref in references.items():
+        hyp = hypotheses.get(uri)
+        if hyp is None:
+            continue
+        metric(ref, hyp, uem=(uems or {}).get(uri))
+    d = metric[:] if False else None  # noqa: F841 - keep pyannote's API in mind: abs(metric) is the total
+    comps = {k: sum(metric.results_[i][1][k] for i in range(len(metric.results_))) for k in
+             ("total", "missed detection", "false alarm", "confusion")}
+    total = max(comps["total"], 1e-9)
+    return {"der": abs(metric), "missed": comps["missed detection"] / total,
+            "false_alarm": comps["false alarm"] / total, "confusion": comps["confusion"] / total,
+            "n_files": len(metric.results_)}
+
+
+def read_reference_text(path: str | Path) -> str:
+    """A ground-truth transcript file as plain text. Lines of ``start<TAB>end<TAB>speaker<TAB>text``
+    (lhotse's AMI excerpts) keep only their text."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        f = line.split("\t")
+        lines.append(f[-1] if len(f) >= 4 else line)
+    return " ".join(lines)
+
+
+def segments_to_annotations(rows: list[dict]) -> dict:
+    """segments rows (source_path, start, end, speaker) -> {uri: Annotation}, uri = file stem."""
+    by_uri: dict = {}
+    for r in rows:
+        uri = Path(r["source_path"]).stem
+        by_uri.setdefault(uri, []).append((r["start"], r["end"], r["speaker"]))
+    return {u: annotation(t, u) for u, t in by_uri.items()}

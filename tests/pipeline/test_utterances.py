@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pipeline.utterances import assign_speakers, build_utterances
+
+
+def w(word, start, end, speaker="A", overlap=False):
+    return {"word": word, "start": start, "end": end, "score": 0.9, "speaker": speaker, "overlap": overlap}
+
+
+def test_split_at_speaker_change_and_long_pause():
+    words = [w("a", 0.0, 0.5), w("b", 0.6, 1.2), w("c", 1.3, 2.0, "B"), w("d", 2.1, 3.0, "B"),
+             w("e", 5.0, 5.5, "B"), w("f", 5.6, 6.4, "B")]
+    utts = build_utterances(words, max_pause=0.8, min_duration=0.5, edge_pad=0.1)
+    assert [u.text for u in utts] == ["a b", "c d", "e f"]
+    assert [u.speaker for u in utts] == ["A", "B", "B"]
+
+
+def test_boundaries_never_cut_a_word_and_pads_stay_out_of_neighbours():
+    words = [w("x", 0.0, 1.0), w("y", 1.05, 2.0, "B")]
+    utts = build_utterances(words, edge_pad=0.2, min_duration=0.5)
+    for u in utts:
+        for word in u.words:
+            assert u.start <= word["start"] and word["end"] <= u.end
+    assert utts[0].end <= utts[1].start  # no overlap between consecutive utterances
+
+
+def test_long_runs_are_cut_at_the_longest_inner_pause():
+    # 40 s of one speaker with short pauses; the longest (0.6 s) is after word 19
+    words, t = [], 0.0
+    for i in range(40):
+        words.append(w(f"w{i}", t, t + 0.8))
+        t += 0.8 + (0.6 if i == 19 else 0.2)
+    utts = build_utterances(words, max_pause=0.8, max_duration=30.0, min_duration=1.0, edge_pad=0.0)
+    assert len(utts) == 2
+    assert utts[0].words[-1]["word"] == "w19" and utts[1].words[0]["word"] == "w20"
+    assert all(u.duration <= 30.0 for u in utts)
+
+
+def test_short_pieces_merge_with_same_speaker_neighbour():
+    words = [w("hi", 0.0, 0.3), w("there", 1.2, 1.6), w("friend", 1.7, 2.4)]
+    utts = build_utterances(words, max_pause=0.8, min_duration=1.0, edge_pad=0.0)
+    assert [u.text for u in utts] == ["hi there friend"]
+
+
+def test_overlapped_words_form_their_own_marked_utterance():
+    words = [w("a", 0.0, 0.5), w("b", 0.6, 1.0, overlap=True), w("c", 1.1, 1.5, overlap=True), w("d", 1.6, 2.5)]
+    utts = build_utterances(words, min_duration=0.1, edge_pad=0.0)
+    assert [(u.text, u.overlap) for u in utts] == [("a", False), ("b c", True), ("d", False)]
+
+
+def test_assign_speakers_by_largest_overlap_and_flags_overlap():
+    turns = [(0.0, 2.0, "S0"), (1.5, 4.0, "S1")]
+    exclusive = [(0.0, 1.75, "S0"), (1.75, 4.0, "S1")]
+    words = [{"word": "a", "start": 0.2, "end": 0.8, "score": 1.0},
+             {"word": "b", "start": 1.5, "end": 2.0, "score": 1.0},
+             {"word": "c", "start": 3.0, "end": 3.5, "score": 1.0},
+             {"word": "d", "start": 5.0, "end": 5.5, "score": 1.0}]
+    out = assign_speakers(words, turns, exclusive)
+    assert [x["speaker"] for x in out] == ["S0", "S0", "S1", "S1"]
+    assert [x["overlap"] for x in out] == [False, True, False, False]
