@@ -122,6 +122,11 @@ def self_prefix_split(sample: TokenSample, cfg: DataConfig) -> tuple[int, str] |
     cut = int(round(cut_s * FRAME_RATE))
     if cut <= 0 or cut >= sample.n_frames:
         return None
+    # Prefer the transcript's own spelling when it has one token per timed word (the usual case:
+    # the text is the words joined); otherwise fall back to the timed words themselves.
+    text_tokens = sample.text.split()
+    if len(text_tokens) == len(words):
+        return cut, " ".join(text_tokens[first_word:])
     return cut, " ".join(str(w["word"]).strip() for w in words[first_word:])
 
 
