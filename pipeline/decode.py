@@ -118,6 +118,10 @@ class Decoder:
 
         try:
             decoded, streams = self._decode_soundfile(path)
+            if streams.n_bad and not decoded.codec.endswith(("/FLOAT", "/DOUBLE")):
+                # non-finite samples out of a compressed codec are a decoder artefact (seen
+                # with libsndfile's mp3 decoder on real files), not the file's data: let FFmpeg decode
+                raise ValueError(f"libsndfile produced {streams.n_bad} non-finite samples")
         except SourceError:
             raise
         except Exception as sf_err:  # libsndfile refused it: let FFmpeg try
@@ -139,9 +143,12 @@ class Decoder:
             streams = _Streams(sr, self.analysis_rate, self.output_rate, path)
             block = max(1, int(BLOCK_SECONDS * sr))
             expected = f.frames
-            for data in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+            # f.read, not f.blocks: for MP3 the header's frame count is an estimate and blocks()
+            # hands back uninitialised memory past the real end (seen as stray NaN samples)
+            while len(data := f.read(block, dtype="float32", always_2d=True)):
                 streams.feed(data)
-        if expected > 0 and streams.n_in < expected:
+        exact = f.format in ("WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF")
+        if exact and expected > 0 and streams.n_in < expected:
             raise Truncated(path, f"header declares {expected} frames but only {streams.n_in} could be decoded")
         a16, a24 = streams.finish()
         return DecodedAudio(a16, a24, streams.n_in / sr, sr, ch, codec), streams
