@@ -101,7 +101,12 @@ class Attention(nn.Module):
                 raise ValueError("KV-cached prefill with a non-empty cache needs an explicit mask")
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            # With a mask, SDPA's fused kernels do not all take enable_gqa; repeating the KV heads
+            # keeps it on the memory-efficient kernel instead of the O(L^2)-memory math fallback.
+            rep = self.n_heads // self.n_kv_heads
+            if rep > 1:
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(b, length, -1))
 
 

@@ -63,6 +63,7 @@ def synthesize(args: argparse.Namespace) -> dict:
     cfg = SamplingConfig(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.flow_steps,
         cfg_scale=args.cfg, max_frames=int(round(args.max_seconds * codec.frame_rate)), seed=args.seed,
+        min_frames=int(round(args.min_seconds * codec.frame_rate)),
     )
     sem, ac, stopped = synth.generate(args.text, p_sem, p_ac, cfg)
     import soundfile as sf
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-steps", type=int, default=8, help="Euler steps of the acoustic flow")
     p.add_argument("--cfg", type=float, default=1.2, help="classifier-free guidance scale of the acoustic head")
     p.add_argument("--max-seconds", type=float, default=30.0, help="length bound when end-of-audio never comes")
+    p.add_argument("--min-seconds", type=float, default=0.0, help="end-of-audio is not allowed before this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--save-tokens", action="store_true", help="also write <output>.tokens.npz")

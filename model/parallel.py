@@ -64,7 +64,8 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str, bf16: bool) -> n
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for layer in model.backbone.layers:
         fully_shard(layer, mp_policy=mp)
-    fully_shard(model.flow_head, mp_policy=mp)
+    # The flow head stays with the root group: it is called through FlowHead.loss(), not its
+    # forward(), so a separate FSDP unit would never be unsharded.
     fully_shard(model, mp_policy=mp)
     return model
 
