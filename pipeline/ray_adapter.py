@@ -43,15 +43,16 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str]):
     # one block per source (up to a cap) so that sources spread over tasks and actors
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 20_000)))
 
-    def task(stage_cls, name, *args):
+    def task(stage_cls, name, *args, batch_size=1):
         r = res[name]
-        return dict(fn=RayStage, fn_constructor_args=(stage_cls, *args), batch_size=1, num_cpus=r.num_cpus,
+        return dict(fn=RayStage, fn_constructor_args=(stage_cls, *args), batch_size=batch_size, num_cpus=r.num_cpus,
                     num_gpus=r.num_gpus or None, compute=ActorPoolStrategy(size=r.concurrency),
                     zero_copy_batch=True)
 
     ds = ds.map_batches(**task(HashAndDecode, "decode", cfg, done))
     ds = ds.map_batches(**task(Segment, "segment", cfg))
-    ds = ds.map_batches(**task(Transcribe, "transcribe", cfg))
+    # several sources per call: short files share Whisper batches (see Transcriber.transcribe_many)
+    ds = ds.map_batches(**task(Transcribe, "transcribe", cfg, batch_size=cfg.asr_batch_size))
     ds = ds.map_batches(**task(Diarize, "diarize", cfg))
     ds = ds.map_batches(**task(Assemble, "assemble", cfg))
     return ds

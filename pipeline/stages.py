@@ -148,10 +148,32 @@ class Transcribe(_Stage):
         self.max_chunk = cfg.max_duration
 
     def process(self, row: dict) -> None:
+        row["transcript"] = self.transcriber(row["audio16"], self._windows(row))
+
+    @staticmethod
+    def _windows(row: dict) -> list[tuple[float, float]]:
         from pipeline.segment import merge_for_asr
 
-        windows = merge_for_asr(row["segmentation"].speech, max_chunk=30.0)
-        row["transcript"] = self.transcriber(row["audio16"], windows)
+        return merge_for_asr(row["segmentation"].speech, max_chunk=30.0)
+
+    def __call__(self, batch: Batch) -> Batch:
+        """All sources of the batch share Whisper batches; if that fails, one by one (so one
+        bad source cannot fail the others)."""
+        rows = rows_of(batch)
+        ok = [r for r in rows if r.get("status") == "ok"]
+        if len(ok) > 1:
+            t = time.perf_counter()
+            try:
+                results = self.transcriber.transcribe_many([(r["audio16"], self._windows(r)) for r in ok])
+            except Exception:  # noqa: BLE001 - fall back to per-source processing below
+                results = None
+            if results is not None:
+                dt = (time.perf_counter() - t) / len(ok)
+                for r, tr in zip(ok, results):
+                    r["transcript"] = tr
+                    r.setdefault("timings", {})[self.name] = dt
+                return batch_of(rows)
+        return super().__call__(batch)
 
 
 class Diarize(_Stage):

@@ -91,10 +91,49 @@ class Transcriber:
         return lang, float(prob)
 
     def __call__(self, audio16: np.ndarray, windows: list[tuple[float, float]]) -> Transcript:
-        language, language_prob = self.detect_language(audio16, windows)
-        if not windows:
-            return Transcript(language, language_prob, [])
-        clips = [{"start": float(s), "end": float(e)} for s, e in windows]
+        return self.transcribe_many([(audio16, windows)])[0]
+
+    def transcribe_many(self, items: list[tuple[np.ndarray, list[tuple[float, float]]]]) -> list[Transcript]:
+        """Several sources at once: their windows are decoded in shared batches.
+
+        Short files (one window each) would otherwise each cost a batch of one; here the
+        sources of one language are laid end to end and their windows batched together.
+        A window never crosses a source boundary, so each segment maps back to one source.
+        """
+        langs = [self.detect_language(a, w) for a, w in items]
+        out: list[Transcript | None] = [None] * len(items)
+        for language in dict.fromkeys(lang for lang, _ in langs):
+            idx = [i for i, (lang, _) in enumerate(langs) if lang == language]
+            offsets, pieces, clips, t = [], [], [], 0.0
+            for i in idx:
+                audio, windows = items[i]
+                offsets.append(t)
+                pieces.append(audio)
+                clips += [{"start": t + float(s), "end": t + float(e)} for s, e in windows if e > s]
+                t += len(audio) / 16_000
+            segments = self._decode(np.concatenate(pieces) if pieces else np.zeros(0, np.float32), clips, language)
+            per_source: list[list[dict]] = [[] for _ in idx]
+            bounds = offsets + [float("inf")]
+            for seg in segments:
+                k = int(np.searchsorted(bounds, seg["start"] + 1e-6, side="right")) - 1
+                k = min(max(k, 0), len(idx) - 1)
+                off = offsets[k]
+                seg["start"] -= off
+                seg["end"] -= off
+                for w in seg["words"]:
+                    w["start"] -= off
+                    w["end"] -= off
+                per_source[k].append(seg)
+            for k, i in enumerate(idx):
+                segs = per_source[k]
+                if self._align is not None and segs:
+                    segs = self._realign(items[i][0], segs)
+                out[i] = Transcript(language, langs[i][1], segs)
+        return out
+
+    def _decode(self, audio16: np.ndarray, clips: list[dict], language: str) -> list[dict]:
+        if not clips:
+            return []
         segs, _info = self.pipeline.transcribe(
             audio16, language=language, clip_timestamps=clips, batch_size=self.batch_size,
             beam_size=self.beam_size, word_timestamps=True, vad_filter=False,
@@ -107,9 +146,7 @@ class Transcriber:
             out.append({"start": float(s.start), "end": float(s.end), "text": s.text.strip(),
                         "avg_logprob": float(s.avg_logprob), "no_speech_prob": float(s.no_speech_prob),
                         "compression_ratio": float(s.compression_ratio), "words": words})
-        if self._align is not None:
-            out = self._realign(audio16, out)
-        return Transcript(language, language_prob, out)
+        return out
 
     def _realign(self, audio16: np.ndarray, segments: list[dict]) -> list[dict]:
         import whisperx

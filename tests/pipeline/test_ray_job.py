@@ -55,5 +55,24 @@ def test_ingest_as_a_ray_job_on_a_local_head(tmp_path, speech_dir):
         assert con.execute("SELECT count(*) FROM segments WHERE kept").fetchone()[0] >= 2
         assert len(list((out / "shards/audio").glob("*.tar"))) == 1
     finally:
-        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(tmp_ray)
         shutil.rmtree(tmp_ray, ignore_errors=True)
+
+
+def stop_head(temp_dir: Path) -> None:
+    """Stop only this test's head: `ray stop` would kill every Ray on the machine."""
+    import psutil
+
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in a for a in (p.info["cmdline"] or [])):
+                mine.append(p)
+        except psutil.Error:
+            pass
+    for p in mine:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(mine, timeout=30)
