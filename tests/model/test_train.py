@@ -132,3 +132,19 @@ def test_generate_writes_a_wav_whose_length_matches_its_frames(full_run, codec_d
 
     tok = np.load(wav_path.with_suffix(".tokens.npz"))
     assert tok["semantic"].shape == (25,) and tok["acoustic"].shape == (25, 36) and tok["acoustic"].max() <= 20
+
+
+@pytest.mark.skipif(os.environ.get("VOXFORGE_RAY_TESTS") != "1", reason="Ray Train test is opt-in (VOXFORGE_RAY_TESTS=1): ~1-2 min on 2 shared cores")
+def test_ray_train_two_workers(token_dir, tmp_path):
+    out = tmp_path / "ray"
+    cmd = [
+        sys.executable, str(REPO / "model" / "train.py"), "--ray", "--ray-workers", "2", "--tokens", str(token_dir),
+        "--output", str(out), "--steps", "2", "--seq-len", "512", "--batch-size", "1", "--log-every", "1", "--device", "cpu",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["last_train_log"]["step"] == 2
+    state = json.loads((out / "checkpoints" / "step_0000002" / "state.json").read_text())
+    assert state["world_size"] == 2
