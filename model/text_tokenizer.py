@@ -54,7 +54,17 @@ class PretrainedTokenizer:
                 "tokenizer.json or the files of a slow tokenizer"
             ) from e
         # len() counts added tokens too; the embedding table must cover every id encode() can return.
+        # A model's embedding table is often padded past the tokenizer (config.json vocab_size):
+        # report the table's size so the TTS specials go after the pretrained rows, not into them.
         self.vocab_size = len(self._tok)
+        cfg = self.path / "config.json"
+        if cfg.exists():
+            import json
+
+            c = json.loads(cfg.read_text())
+            rows = c.get("vocab_size") or c.get("text_config", {}).get("vocab_size")
+            if rows:
+                self.vocab_size = max(self.vocab_size, int(rows))
         self.name = f"hf:{self.path.name}"
 
     def encode(self, text: str) -> list[int]:
