@@ -46,7 +46,9 @@ def synthetic_batches(cfg: DataConfig, n: int, seed: int = 0):
             t = int(rng.uniform(2, 20) * 12.5)
             p = int(rng.uniform(3, 25) * 12.5)
             text = "".join(rng.choice("abcdefghij klmnop qrstuv wxyz") for _ in range(int(t / 12.5 * 15)))
-            s = TokenSample(f"k{i}", "s", text, [], 0.0, nrng.integers(0, 8192, t), nrng.integers(0, 21, (t, 36)))
+            s = TokenSample(
+                f"k{i}", "s", text, [], 0.0, nrng.integers(0, 8192, t), nrng.integers(0, 21, (t, 36))
+            )
             prompt = Prompt(nrng.integers(0, 8192, p), nrng.integers(0, 21, (p, 36)), "other")
             i += 1
             yield builder.build(s, prompt)
@@ -88,7 +90,9 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     mcfg = ModelConfig.named(args.config)
     bs = args.batch_size or (4 if args.config == "tiny" else 2)
     dcfg = DataConfig(seq_len=args.seq_len or mcfg.max_seq_len, batch_size=bs)
@@ -132,12 +136,24 @@ def main() -> int:
         peak, peak_src = cpu_matmul_tflops(), "measured fp32 matmul 1024^3 on this CPU"
     achieved = flops / dt / 1e12
     result = {
-        "config": args.config, "params_M": round(model.num_params() / 1e6, 2), "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
-        "precision": "bf16" if bf16 else "fp32", "compile": args.compile, "seq_len": dcfg.seq_len, "batch_size": bs,
-        "data": "real" if args.tokens else "synthetic", "steps": args.steps, "step_s": round(dt / args.steps, 4),
-        "tokens_per_s": round(tokens / dt, 1), "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4),
-        "peak_source": peak_src, "mfu": round(achieved / peak, 4), "last_loss": round(float(out["loss"]), 4),
+        "config": args.config,
+        "params_M": round(model.num_params() / 1e6, 2),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "precision": "bf16" if bf16 else "fp32",
+        "compile": args.compile,
+        "seq_len": dcfg.seq_len,
+        "batch_size": bs,
+        "data": "real" if args.tokens else "synthetic",
+        "steps": args.steps,
+        "step_s": round(dt / args.steps, 4),
+        "tokens_per_s": round(tokens / dt, 1),
+        "achieved_tflops": round(achieved, 4),
+        "peak_tflops": round(peak, 4),
+        "peak_source": peak_src,
+        "mfu": round(achieved / peak, 4),
+        "last_loss": round(float(out["loss"]), 4),
         "padding": round(1 - tokens / (len(batches[args.warmup :]) * bs * dcfg.seq_len), 4),
     }
     if dev.type == "cuda":

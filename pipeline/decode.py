@@ -34,15 +34,38 @@ class DecodedAudio:
     codec: str  # container/format as the reader names it, e.g. "WAV/FLOAT", "FLAC/PCM_16", "ffmpeg:aac"
 
 
+class _Growable:
+    """A 1-D array filled chunk by chunk; preallocated when the length is known, so a long
+    file costs its output once in memory instead of chunks + a concatenated copy."""
+
+    def __init__(self, dtype, capacity: int = 0):
+        self.buf = np.empty(max(capacity, 1024), dtype)
+        self.n = 0
+
+    def append(self, x: np.ndarray) -> None:
+        if self.n + len(x) > len(self.buf):
+            grown = np.empty(max(2 * len(self.buf), self.n + len(x)), self.buf.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n: self.n + len(x)] = x
+        self.n += len(x)
+
+    def take(self) -> np.ndarray:
+        out = self.buf[: self.n]
+        # hand back a right-sized array (a view would keep the slack alive)
+        return out if len(self.buf) - self.n < 1 << 16 else out.copy()
+
+
 class _Streams:
     """Two resampling streams (original rate -> 16 kHz and 24 kHz) and checks on the way."""
 
-    def __init__(self, sr: int, rate16: int, rate24: int, path: str):
+    def __init__(self, sr: int, rate16: int, rate24: int, path: str, expected_frames: int = 0):
         self.path = path
         self.r16 = soxr.ResampleStream(sr, rate16, 1, dtype="float32", quality="HQ") if sr != rate16 else None
         self.r24 = soxr.ResampleStream(sr, rate24, 1, dtype="float32", quality="HQ") if sr != rate24 else None
-        self.out16: list[np.ndarray] = []
-        self.out24: list[np.ndarray] = []
+        margin = 4096
+        self.out16 = _Growable(np.float32, int(expected_frames * rate16 / sr) + margin if expected_frames else 0)
+        self.out24 = _Growable(np.int16, int(expected_frames * rate24 / sr) + margin if expected_frames else 0)
         self.n_in = 0
         self.sum_sq = 0.0
         self.n_bad = 0
@@ -56,17 +79,15 @@ class _Streams:
             mono = np.where(bad, 0.0, mono).astype(np.float32)
         self.n_in += mono.shape[0]
         self.sum_sq += float(np.dot(mono.astype(np.float64), mono.astype(np.float64)))
-        self.out16.append(self.r16.resample_chunk(mono, last=last) if self.r16 else mono.copy())
+        y16 = self.r16.resample_chunk(mono, last=last) if self.r16 else mono
+        self.out16.append(np.clip(y16, -1.0, 1.0))
         y24 = self.r24.resample_chunk(mono, last=last) if self.r24 else mono
         self.out24.append(np.clip(np.round(y24 * 32767.0), -32768, 32767).astype(np.int16))
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         if self.r16 is not None or self.r24 is not None:
             self.feed(np.zeros((0,), np.float32), last=True)
-        a16 = np.concatenate(self.out16) if self.out16 else np.zeros(0, np.float32)
-        a24 = np.concatenate(self.out24) if self.out24 else np.zeros(0, np.int16)
-        self.out16, self.out24 = [], []
-        return np.clip(a16, -1.0, 1.0), a24
+        return self.out16.take(), self.out24.take()
 
 
 def _wav_declared_data_bytes(path: str) -> tuple[int, int] | None:
@@ -140,7 +161,7 @@ class Decoder:
             codec = f"{f.format}/{f.subtype}"
             if declared is not None and declared[1] < declared[0]:
                 raise Truncated(path, f"WAV data chunk declares {declared[0]} bytes but only {declared[1]} are present")
-            streams = _Streams(sr, self.analysis_rate, self.output_rate, path)
+            streams = _Streams(sr, self.analysis_rate, self.output_rate, path, f.frames)
             block = max(1, int(BLOCK_SECONDS * sr))
             expected = f.frames
             # f.read, not f.blocks: for MP3 the header's frame count is an estimate and blocks()
@@ -159,7 +180,8 @@ class Decoder:
         dec = AudioDecoder(path)
         md = dec.metadata
         sr, ch = int(md.sample_rate), int(md.num_channels or 1)
-        streams = _Streams(sr, self.analysis_rate, self.output_rate, path)
+        est = int((md.duration_seconds_from_header or 0) * sr)
+        streams = _Streams(sr, self.analysis_rate, self.output_rate, path, est)
         # Read in time windows so long files stream; the last window runs to the end of stream.
         t = 0.0
         while True:
