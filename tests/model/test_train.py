@@ -22,10 +22,24 @@ REPO = Path(__file__).parents[2]
 def _spec(token_dir: Path, out: Path, resume: bool = False) -> RunSpec:
     data = DataConfig(seq_len=512, batch_size=1, num_workers=1, shuffle_buffer=4, eval_shards=1)
     train = TrainConfig(
-        steps=6, lr=2e-3, warmup_steps=2, grad_accum=2, log_every=1, eval_every=3, ckpt_every=3,
-        keep_checkpoints=3, data=data,
+        steps=6,
+        lr=2e-3,
+        warmup_steps=2,
+        grad_accum=2,
+        log_every=1,
+        eval_every=3,
+        ckpt_every=3,
+        keep_checkpoints=3,
+        data=data,
     )
-    return RunSpec(tokens=str(token_dir), output=str(out), model=ModelConfig.tiny(), train=train, resume=resume, device="cpu")
+    return RunSpec(
+        tokens=str(token_dir),
+        output=str(out),
+        model=ModelConfig.tiny(),
+        train=train,
+        resume=resume,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +50,19 @@ def full_run(token_dir, tmp_path_factory):
 
 
 def _train_losses(history, after=0):
-    return {r["step"]: (r["loss"], r["semantic_ce"], r["flow"]) for r in history if r["kind"] == "train" and r["step"] > after}
+    return {
+        r["step"]: (r["loss"], r["semantic_ce"], r["flow"])
+        for r in history
+        if r["kind"] == "train" and r["step"] > after
+    }
 
 
 def test_run_directory_contents(full_run):
     out, history = full_run
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model"]["name"] == "tiny" and cfg["train"]["steps"] == 6 and cfg["codec_id"].startswith("tiny-")
+    assert (
+        cfg["model"]["name"] == "tiny" and cfg["train"]["steps"] == 6 and cfg["codec_id"].startswith("tiny-")
+    )
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 7))
@@ -82,9 +102,31 @@ def test_two_process_data_parallel_gloo(token_dir, tmp_path, parallel):
     out = tmp_path / parallel
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [
-        str(torchrun), "--standalone", "--nproc-per-node", "2", str(REPO / "model" / "train.py"),
-        "--tokens", str(token_dir), "--output", str(out), "--steps", "3", "--seq-len", "512", "--batch-size", "1",
-        "--log-every", "1", "--ckpt-every", "3", "--eval-every", "3", "--parallel", parallel, "--device", "cpu",
+        str(torchrun),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(REPO / "model" / "train.py"),
+        "--tokens",
+        str(token_dir),
+        "--output",
+        str(out),
+        "--steps",
+        "3",
+        "--seq-len",
+        "512",
+        "--batch-size",
+        "1",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "3",
+        "--eval-every",
+        "3",
+        "--parallel",
+        parallel,
+        "--device",
+        "cpu",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -97,7 +139,10 @@ def test_two_process_data_parallel_gloo(token_dir, tmp_path, parallel):
     assert all(d["consumed"] == 3 for d in state["data"])
     assert (ck / "rng_rank0.safetensors").exists() and (ck / "rng_rank1.safetensors").exists()
     # Ranks drew different noise: their saved generator states differ.
-    assert not torch.equal(load_file(str(ck / "rng_rank0.safetensors"))["torch_cpu"], load_file(str(ck / "rng_rank1.safetensors"))["torch_cpu"])
+    assert not torch.equal(
+        load_file(str(ck / "rng_rank0.safetensors"))["torch_cpu"],
+        load_file(str(ck / "rng_rank1.safetensors"))["torch_cpu"],
+    )
     # The saved model is whole (unsharded) and loads into a plain TTSModel.
     from model.tts import TTSModel
 
@@ -114,13 +159,34 @@ def test_generate_writes_a_wav_whose_length_matches_its_frames(full_run, codec_d
     from model.generate import build_parser, synthesize
 
     out, _ = full_run
-    prompt = Path(__file__).parents[2].parent / "shared" / "speech" / "pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0930.wav"
+    prompt = (
+        Path(__file__).parents[2].parent
+        / "shared"
+        / "speech"
+        / "pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0930.wav"
+    )
     wav_path = tmp_path / "out.wav"
-    args = build_parser().parse_args([
-        "--checkpoint", str(out), "--codec", str(codec_dir), "--text", "he was not an ill disposed young man",
-        "--prompt", str(prompt), "--output", str(wav_path), "--max-seconds", "2.0", "--min-seconds", "2.0",
-        "--save-tokens", "--device", "cpu",
-    ])
+    args = build_parser().parse_args(
+        [
+            "--checkpoint",
+            str(out),
+            "--codec",
+            str(codec_dir),
+            "--text",
+            "he was not an ill disposed young man",
+            "--prompt",
+            str(prompt),
+            "--output",
+            str(wav_path),
+            "--max-seconds",
+            "2.0",
+            "--min-seconds",
+            "2.0",
+            "--save-tokens",
+            "--device",
+            "cpu",
+        ]
+    )
     result = synthesize(args)
     info = sf.info(str(wav_path))
     assert info.samplerate == 24_000 and info.channels == 1
@@ -131,15 +197,37 @@ def test_generate_writes_a_wav_whose_length_matches_its_frames(full_run, codec_d
     import numpy as np
 
     tok = np.load(wav_path.with_suffix(".tokens.npz"))
-    assert tok["semantic"].shape == (25,) and tok["acoustic"].shape == (25, 36) and tok["acoustic"].max() <= 20
+    assert (
+        tok["semantic"].shape == (25,) and tok["acoustic"].shape == (25, 36) and tok["acoustic"].max() <= 20
+    )
 
 
-@pytest.mark.skipif(os.environ.get("VOXFORGE_RAY_TESTS") != "1", reason="Ray Train test is opt-in (VOXFORGE_RAY_TESTS=1): ~1-2 min on 2 shared cores")
+@pytest.mark.skipif(
+    os.environ.get("VOXFORGE_RAY_TESTS") != "1",
+    reason="Ray Train test is opt-in (VOXFORGE_RAY_TESTS=1): ~1-2 min on 2 shared cores",
+)
 def test_ray_train_two_workers(token_dir, tmp_path):
     out = tmp_path / "ray"
     cmd = [
-        sys.executable, str(REPO / "model" / "train.py"), "--ray", "--ray-workers", "2", "--tokens", str(token_dir),
-        "--output", str(out), "--steps", "2", "--seq-len", "512", "--batch-size", "1", "--log-every", "1", "--device", "cpu",
+        sys.executable,
+        str(REPO / "model" / "train.py"),
+        "--ray",
+        "--ray-workers",
+        "2",
+        "--tokens",
+        str(token_dir),
+        "--output",
+        str(out),
+        "--steps",
+        "2",
+        "--seq-len",
+        "512",
+        "--batch-size",
+        "1",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

@@ -142,6 +142,21 @@ def test_der_on_the_ami_clips_is_computed_and_reported(ingested):
     # utterance-level speakers vs a meeting reference with heavy overlap: a sanity bound, not a target
     assert 0.0 < result["der"] < 0.8
 
+    # the diarization stage alone (its speaker turns, overlap included), same models and settings
+    from pipeline.decode import Decoder
+    from pipeline.diarize import Diarizer
+    from pipeline.evaluation import annotation
+    from pipeline.segment import Segmenter
+
+    dec, seg, dia = Decoder(), Segmenter(), Diarizer()
+    turns = {}
+    for wav in sorted(data.glob("*.wav")):
+        a = dec(str(wav)).audio16
+        turns[wav.stem.replace("ñ", "n")] = annotation(dia(a, seg(a)).turns, wav.stem)
+    stage = der(refs, turns, uems)
+    print(f"DER of the diarization stage on {stage['n_files']} AMI clips: {stage}")
+    assert stage["n_files"] == 14 and stage["der"] < result["der"]
+
 
 def test_rerun_is_a_no_op(ingested):
     out = ingested["out"]
