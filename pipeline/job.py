@@ -152,22 +152,26 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
     return stats
 
 
-def _known_paths(out) -> dict[str, int]:
+def _known_paths(out) -> dict[str, int | None]:
+    """path -> committed size (None: the file could not be read then)."""
     from manifests.store import read_table
 
     t = read_table(out, "sources", columns=["path", "bytes"])
-    return {p: b for p, b in zip(t["path"].to_pylist(), t["bytes"].to_pylist()) if b is not None}
+    return dict(zip(t["path"].to_pylist(), t["bytes"].to_pylist()))
 
 
-def _unchanged(path: str, known: dict[str, int]) -> bool:
+def _unchanged(path: str, known: dict[str, int | None]) -> bool:
+    """True when ``path`` is committed and still looks the same (so it is not even hashed).
+    A path that was unreadable stays skipped while it is still unreadable."""
     import os
 
     if path not in known or "://" in path:
         return False
     try:
-        return os.path.getsize(path) == known[path]
+        size = os.path.getsize(path)
     except OSError:
-        return False
+        return known[path] is None
+    return known[path] is not None and size == known[path]
 
 
 def format_summary(stats: dict) -> str:
