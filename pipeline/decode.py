@@ -17,7 +17,17 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from pipeline.errors import EmptyFile, NonFinite, NoSamples, NotAudio, Silent, SourceError, TooShort, Truncated, Unreadable
+from pipeline.errors import (
+    EmptyFile,
+    NonFinite,
+    NoSamples,
+    NotAudio,
+    Silent,
+    SourceError,
+    TooShort,
+    Truncated,
+    Unreadable,
+)
 
 BLOCK_SECONDS = 30.0
 

@@ -11,7 +11,6 @@ import unicodedata
 from pathlib import Path
 
 _TAGS = re.compile(r"<[^>]*>|\[[^\]]*\]|\{[^}]*\}")
-_NUM_WORDS = None
 
 
 def normalize_text(text: str) -> str:
@@ -98,7 +97,6 @@ def der(references: dict, hypotheses: dict, uems: dict | None = None, collar: fl
         if hyp is None:
             continue
         metric(ref, hyp, uem=(uems or {}).get(uri))
-    d = metric[:] if False else None  # noqa: F841 - keep pyannote's API in mind: abs(metric) is the total
     comps = {k: sum(metric.results_[i][1][k] for i in range(len(metric.results_))) for k in
              ("total", "missed detection", "false alarm", "confusion")}
     total = max(comps["total"], 1e-9)

@@ -51,9 +51,8 @@ class Transcriber:
     def __init__(self, model: str = "tiny.en", device: str = "auto", compute_type: str = "int8",
                  batch_size: int = 8, beam_size: int = 5, language: str | None = None,
                  align_model: str | None = None, threads: int = 2):
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
-
         import ctranslate2
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         if device == "auto":
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"

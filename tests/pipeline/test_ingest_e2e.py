@@ -13,13 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
 
 from manifests.views import connect
-from pipeline.evaluation import load_rttm, load_uem, read_reference_text, segments_to_annotations, wer, der
+from pipeline.evaluation import der, load_rttm, load_uem, read_reference_text, segments_to_annotations, wer
 from tests.conftest import REPO, speech_manifest
 from tests.pipeline.bad_inputs import make_bad_corpus
 
