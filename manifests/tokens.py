@@ -205,7 +205,7 @@ def commit_token_shard(
         between: called between the two writes (fault-injection hook of the job's tests).
     """
     full = []
-    for s, n in zip(samples, n_samples):
+    for s in samples:
         meta = dict(s.meta)
         meta.update(codec_id=codec_id, frame_rate=frame_rate, n_frames=s.n_frames)
         full.append(TokenSample(key=s.key, semantic=s.semantic, acoustic=s.acoustic, meta=meta))
