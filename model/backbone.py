@@ -35,7 +35,9 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """positions [B, L] (int) -> cos, sin [B, 1, L, head_dim] in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    )
     freqs = positions.float()[..., None] * inv_freq  # [B, L, head_dim/2]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos()[:, None], emb.sin()[:, None]

@@ -36,7 +36,9 @@ def _flatten_optim(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[d
         for k, v in st.items():
             t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
             tensors[f"state/{fqn}/{k}"] = t.detach().to("cpu").contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]
+    ]
     return tensors, groups
 
 
@@ -88,7 +90,9 @@ def save_checkpoint(
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd, osd = get_state_dict(model, optimizer, options=opts)
     rng_tensors, py_rng = rng_state()
-    per_rank = _gather_objects({"data": data_state, "python_rng": py_rng, "rng": {k: v.tolist() for k, v in rng_tensors.items()}})
+    per_rank = _gather_objects(
+        {"data": data_state, "python_rng": py_rng, "rng": {k: v.tolist() for k, v in rng_tensors.items()}}
+    )
     if rank != 0:
         if dist.is_initialized():
             dist.barrier()
@@ -104,7 +108,10 @@ def save_checkpoint(
     otensors, groups = _flatten_optim(osd)
     save_file(otensors, str(tmp / "optimizer.safetensors"))
     for r, st in enumerate(per_rank):
-        save_file({k: torch.tensor(v, dtype=torch.uint8) for k, v in st["rng"].items()}, str(tmp / f"rng_rank{r}.safetensors"))
+        save_file(
+            {k: torch.tensor(v, dtype=torch.uint8) for k, v in st["rng"].items()},
+            str(tmp / f"rng_rank{r}.safetensors"),
+        )
     state = {
         "step": step,
         "world_size": len(per_rank),
@@ -145,7 +152,9 @@ def load_model_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(f))
 
 
-def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict[str, Any]:
+def load_checkpoint(
+    ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int
+) -> dict[str, Any]:
     """Collective: restores model, optimiser and this rank's RNG; returns state.json (data, step...)."""
     state = read_state(ckpt)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -157,7 +166,13 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.O
     msd = load_model_weights(ckpt)
     osd = _unflatten_optim(load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
     try:
-        set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd, options=StateDictOptions(full_state_dict=True))
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=msd,
+            optim_state_dict=osd,
+            options=StateDictOptions(full_state_dict=True),
+        )
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt} does not fit this model/optimiser: {e}") from e
     set_rng_state(load_file(str(ckpt / f"rng_rank{rank}.safetensors")), state["python_rng"][rank])

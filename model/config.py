@@ -43,7 +43,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10_000.0
     max_seq_len: int = 1024  # longest packed row the model is trained on (positions restart per document)
-    text_vocab_size: int = 256  # 256 = byte-level tokenizer; a pretrained tokenizer's size when initialised from HF
+    text_vocab_size: int = (
+        256  # 256 = byte-level tokenizer; a pretrained tokenizer's size when initialised from HF
+    )
     tie_text_embeddings: bool = False  # unused by the TTS objective (no text loss), kept for HF loading
     # Acoustic flow-matching head: a small bidirectional transformer over 3 tokens (h, t, x_t).
     head_layers: int = 3
@@ -98,16 +100,35 @@ class ModelConfig:
     def one_b(cls) -> ModelConfig:
         """Llama-3.2-1B-like backbone: 16 layers, d=2048, 32 query / 8 KV heads, SwiGLU 8192."""
         return cls(
-            name="1b", dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192, rope_theta=500_000.0,
-            max_seq_len=4096, head_dim_model=1024, head_heads=16, head_ffn_dim=4096,
+            name="1b",
+            dim=2048,
+            n_layers=16,
+            n_heads=32,
+            n_kv_heads=8,
+            ffn_dim=8192,
+            rope_theta=500_000.0,
+            max_seq_len=4096,
+            head_dim_model=1024,
+            head_heads=16,
+            head_ffn_dim=4096,
         )
 
     @classmethod
     def three_b(cls) -> ModelConfig:
         """Ministral-3B-like backbone: 26 layers, d=3072, 32 query / 8 KV heads of 128, SwiGLU 9216."""
         return cls(
-            name="3b", dim=3072, n_layers=26, n_heads=32, n_kv_heads=8, head_dim=128, ffn_dim=9216,
-            rope_theta=1_000_000.0, max_seq_len=4096, head_dim_model=1024, head_heads=16, head_ffn_dim=4096,
+            name="3b",
+            dim=3072,
+            n_layers=26,
+            n_heads=32,
+            n_kv_heads=8,
+            head_dim=128,
+            ffn_dim=9216,
+            rope_theta=1_000_000.0,
+            max_seq_len=4096,
+            head_dim_model=1024,
+            head_heads=16,
+            head_ffn_dim=4096,
         )
 
     @classmethod
@@ -149,7 +170,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.seq_len < 16:
-            raise ConfigError(f"DataConfig: seq_len={self.seq_len} is too short to hold a sequence (use >= 16)")
+            raise ConfigError(
+                f"DataConfig: seq_len={self.seq_len} is too short to hold a sequence (use >= 16)"
+            )
         if not 0 < self.prompt_min_s <= self.prompt_max_s:
             raise ConfigError(
                 f"DataConfig: need 0 < prompt_min_s ({self.prompt_min_s}) <= prompt_max_s ({self.prompt_max_s})"
@@ -159,7 +182,9 @@ class DataConfig:
         if not 0.0 <= self.p_no_prompt <= 1.0:
             raise ConfigError(f"DataConfig: p_no_prompt={self.p_no_prompt} must be in [0, 1]")
         if self.batch_size < 1 or self.pack_buffer < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise ConfigError("DataConfig: batch_size and pack_buffer must be >= 1, num_workers/shuffle_buffer >= 0")
+            raise ConfigError(
+                "DataConfig: batch_size and pack_buffer must be >= 1, num_workers/shuffle_buffer >= 0"
+            )
 
 
 @dataclass
@@ -191,7 +216,9 @@ class TrainConfig:
             self.data = DataConfig(**self.data)
         self.betas = tuple(self.betas)
         if self.steps < 1 or self.grad_accum < 1:
-            raise ConfigError(f"TrainConfig: steps={self.steps} and grad_accum={self.grad_accum} must be >= 1")
+            raise ConfigError(
+                f"TrainConfig: steps={self.steps} and grad_accum={self.grad_accum} must be >= 1"
+            )
         if self.warmup_steps < 0:
             raise ConfigError(f"TrainConfig: warmup_steps={self.warmup_steps} must be >= 0")
         if self.precision not in ("auto", "bf16", "fp32"):

@@ -14,7 +14,15 @@ import torch
 from model.config import ModelConfig
 
 # Dense bf16 peak per device, TFLOP/s (vendor datasheets, without sparsity).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+PEAK_TFLOPS = {
+    "H100": 989.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "L4": 121.0,
+}
 
 
 def backbone_matmul_params(cfg: ModelConfig) -> int:

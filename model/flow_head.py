@@ -61,17 +61,22 @@ class FlowHead(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.x_proj = nn.Linear(cfg.acoustic_dim, d)
         self.token_type = nn.Parameter(torch.zeros(3, d))  # which of (h, t, x_t) a token is
-        self.blocks = nn.ModuleList(_Block(d, cfg.head_heads, cfg.head_ffn_dim, cfg.norm_eps) for _ in range(cfg.head_layers))
+        self.blocks = nn.ModuleList(
+            _Block(d, cfg.head_heads, cfg.head_ffn_dim, cfg.norm_eps) for _ in range(cfg.head_layers)
+        )
         self.norm = RMSNorm(d, cfg.norm_eps)
         self.out = nn.Linear(d, cfg.acoustic_dim)
 
-    def forward(self, h: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor, drop_h: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor, drop_h: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """drop_h [N] bool: frames whose h is replaced by the null vector (CFG training / uncond pass)."""
         if drop_h is not None:
             h = torch.where(drop_h[:, None], self.null_h.to(h.dtype).expand_as(h), h)
         d = self.cfg.head_dim_model
         tokens = torch.stack(
-            [self.h_proj(h), self.t_mlp(timestep_embedding(t, d).to(h.dtype)), self.x_proj(x_t.to(h.dtype))], dim=1
+            [self.h_proj(h), self.t_mlp(timestep_embedding(t, d).to(h.dtype)), self.x_proj(x_t.to(h.dtype))],
+            dim=1,
         ) + self.token_type.to(h.dtype)
         for block in self.blocks:
             tokens = block(tokens)
@@ -96,7 +101,13 @@ class FlowHead(nn.Module):
         return (mse * weight).sum() / weight.sum().clamp_min(1e-6)
 
     @torch.no_grad()
-    def sample(self, h: torch.Tensor, steps: int = 8, cfg_scale: float = 1.2, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        h: torch.Tensor,
+        steps: int = 8,
+        cfg_scale: float = 1.2,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Euler integration from noise at t=0 to data at t=1. h [N, D] -> x1 [N, 36] (unquantised)."""
         n = h.shape[0]
         x = torch.randn(n, self.cfg.acoustic_dim, device=h.device, generator=generator, dtype=torch.float32)
@@ -107,7 +118,9 @@ class FlowHead(nn.Module):
                 v = self.forward(h, t, x).float()
             else:
                 # One batched call for both branches: [cond; uncond].
-                drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(h.device)
+                drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(
+                    h.device
+                )
                 v2 = self.forward(torch.cat([h, h]), torch.cat([t, t]), torch.cat([x, x]), drop).float()
                 v_c, v_u = v2[:n], v2[n:]
                 v = v_u + cfg_scale * (v_c - v_u)

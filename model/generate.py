@@ -61,8 +61,13 @@ def synthesize(args: argparse.Namespace) -> dict:
             s, a = codec.encode(wav)
         p_sem, p_ac = s[0].cpu(), a[0].cpu()
     cfg = SamplingConfig(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, flow_steps=args.flow_steps,
-        cfg_scale=args.cfg, max_frames=int(round(args.max_seconds * codec.frame_rate)), seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        flow_steps=args.flow_steps,
+        cfg_scale=args.cfg,
+        max_frames=int(round(args.max_seconds * codec.frame_rate)),
+        seed=args.seed,
         min_frames=int(round(args.min_seconds * codec.frame_rate)),
     )
     sem, ac, stopped = synth.generate(args.text, p_sem, p_ac, cfg)
@@ -77,27 +82,44 @@ def synthesize(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(out), np.clip(wav, -1, 1), codec.sample_rate, subtype="PCM_16")
     if args.save_tokens:
-        np.savez(out.with_suffix(".tokens.npz"), semantic=sem.numpy().astype(np.int16), acoustic=ac.numpy().astype(np.uint8))
+        np.savez(
+            out.with_suffix(".tokens.npz"),
+            semantic=sem.numpy().astype(np.int16),
+            acoustic=ac.numpy().astype(np.uint8),
+        )
     return {
-        "output": str(out), "frames": int(len(sem)), "seconds": len(wav) / codec.sample_rate, "samples": int(len(wav)),
-        "stopped_at_eoa": stopped, "prompt_frames": 0 if p_sem is None else int(len(p_sem)), "codec_id": codec.codec_id,
+        "output": str(out),
+        "frames": int(len(sem)),
+        "seconds": len(wav) / codec.sample_rate,
+        "samples": int(len(wav)),
+        "stopped_at_eoa": stopped,
+        "prompt_frames": 0 if p_sem is None else int(len(p_sem)),
+        "codec_id": codec.codec_id,
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoints/step_N")
+    p.add_argument(
+        "--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoints/step_N"
+    )
     p.add_argument("--codec", required=True, help="codec checkpoint directory (Codec.load)")
     p.add_argument("--text", required=True)
-    p.add_argument("--prompt", default="", help="voice prompt audio (any rate/channels; 3-25 s is what training saw)")
+    p.add_argument(
+        "--prompt", default="", help="voice prompt audio (any rate/channels; 3-25 s is what training saw)"
+    )
     p.add_argument("--prompt-max-seconds", type=float, default=25.0)
     p.add_argument("--output", required=True, help="output .wav (24 kHz mono PCM16)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--flow-steps", type=int, default=8, help="Euler steps of the acoustic flow")
-    p.add_argument("--cfg", type=float, default=1.2, help="classifier-free guidance scale of the acoustic head")
-    p.add_argument("--max-seconds", type=float, default=30.0, help="length bound when end-of-audio never comes")
+    p.add_argument(
+        "--cfg", type=float, default=1.2, help="classifier-free guidance scale of the acoustic head"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=30.0, help="length bound when end-of-audio never comes"
+    )
     p.add_argument("--min-seconds", type=float, default=0.0, help="end-of-audio is not allowed before this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -31,9 +31,14 @@ def _hf_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: no config.json; --init-from needs a local Hugging Face model directory")
     cfg = json.loads(f.read_text())
     if "text_config" in cfg:  # multimodal wrappers (e.g. Mistral3) keep the decoder here
-        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+        cfg = {
+            **cfg["text_config"],
+            "model_type": cfg["text_config"].get("model_type", cfg.get("model_type")),
+        }
     if cfg.get("model_type") not in SUPPORTED:
-        raise ConfigError(f"{f}: model_type {cfg.get('model_type')!r} is not a Llama-style decoder ({SUPPORTED})")
+        raise ConfigError(
+            f"{f}: model_type {cfg.get('model_type')!r} is not a Llama-style decoder ({SUPPORTED})"
+        )
     return cfg
 
 
@@ -41,7 +46,12 @@ def model_config_from_hf(path: str | Path, base: ModelConfig) -> ModelConfig:
     """Backbone shapes from the HF config; head shapes and other fields from ``base``."""
     c = _hf_config(path)
     if c.get("rope_scaling"):
-        log.warning("%s: rope_scaling %s is ignored (plain RoPE theta=%s is used)", path, c["rope_scaling"], c.get("rope_theta"))
+        log.warning(
+            "%s: rope_scaling %s is ignored (plain RoPE theta=%s is used)",
+            path,
+            c["rope_scaling"],
+            c.get("rope_theta"),
+        )
     if c.get("attention_bias") or c.get("model_type") == "qwen2":
         raise ConfigError(f"{path}: attention biases are not supported by this backbone (Llama/Mistral only)")
     n_heads = int(c["num_attention_heads"])
@@ -63,7 +73,11 @@ def model_config_from_hf(path: str | Path, base: ModelConfig) -> ModelConfig:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else ["model.safetensors"]
+    )
     out = {}
     for name in files:
         f = path / name
@@ -101,7 +115,9 @@ def load_hf_backbone(model: torch.nn.Module, path: str | Path) -> list[str]:
         if key == "model.embed_tokens.weight":
             dst = params["text_embeddings.weight"]
             if t.shape[0] > dst.shape[0] - 5 or t.shape[1] != dst.shape[1]:
-                raise ConfigError(f"{path}: embed_tokens {tuple(t.shape)} does not fit text embeddings {tuple(dst.shape)}")
+                raise ConfigError(
+                    f"{path}: embed_tokens {tuple(t.shape)} does not fit text embeddings {tuple(dst.shape)}"
+                )
             dst[: t.shape[0]].copy_(t.to(dst.dtype))
             filled.append("text_embeddings.weight")
             continue
@@ -110,7 +126,9 @@ def load_hf_backbone(model: torch.nn.Module, path: str | Path) -> list[str]:
             if m:
                 name = target.format(*m.groups())
                 if name not in params:
-                    raise ConfigError(f"{path}: {key} has no place in this model ({name}); is the config right?")
+                    raise ConfigError(
+                        f"{path}: {key} has no place in this model ({name}); is the config right?"
+                    )
                 if params[name].shape != t.shape:
                     raise ConfigError(f"{path}: {key} {tuple(t.shape)} != {name} {tuple(params[name].shape)}")
                 params[name].copy_(t.to(params[name].dtype))

@@ -75,7 +75,11 @@ class ResumableLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Fast-forward a fresh stream to ``state["consumed"]`` batches."""
         for k in ("world_size", "num_workers", "seed"):
-            mine = {"world_size": self.stream.world_size, "num_workers": self.num_workers, "seed": self.stream.cfg.seed}[k]
+            mine = {
+                "world_size": self.stream.world_size,
+                "num_workers": self.num_workers,
+                "seed": self.stream.cfg.seed,
+            }[k]
             if state.get(k, mine) != mine:
                 raise ValueError(
                     f"data position was saved with {k}={state[k]} but this run has {k}={mine}: exact resume "

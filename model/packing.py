@@ -15,7 +15,18 @@ import torch
 
 from model.sequence import IGNORE, TTSSequence
 
-BATCH_KEYS = ("text", "semantic", "acoustic", "is_audio", "positions", "doc_ids", "sem_target", "ac_target", "ac_valid", "weight")
+BATCH_KEYS = (
+    "text",
+    "semantic",
+    "acoustic",
+    "is_audio",
+    "positions",
+    "doc_ids",
+    "sem_target",
+    "ac_target",
+    "ac_valid",
+    "weight",
+)
 
 
 def collate_rows(rows: list[list[TTSSequence]], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -42,7 +53,16 @@ def collate_rows(rows: list[list[TTSSequence]], seq_len: int, pad_id: int) -> di
         for d, seq in enumerate(row):
             n = len(seq)
             sl = slice(at, at + n)
-            for k in ("text", "semantic", "acoustic", "is_audio", "sem_target", "ac_target", "ac_valid", "weight"):
+            for k in (
+                "text",
+                "semantic",
+                "acoustic",
+                "is_audio",
+                "sem_target",
+                "ac_target",
+                "ac_valid",
+                "weight",
+            ):
                 out[k][r, sl] = getattr(seq, k)
             out["positions"][r, sl] = np.arange(n)
             out["doc_ids"][r, sl] = d
@@ -66,7 +86,9 @@ class Packer:
     def __init__(self, seq_len: int, batch_size: int, pad_id: int, buffer: int = 16):
         self.seq_len, self.batch_size, self.pad_id, self.buffer = seq_len, batch_size, pad_id, buffer
 
-    def pack(self, sequences: Iterable[TTSSequence], drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    def pack(
+        self, sequences: Iterable[TTSSequence], drop_last: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
         open_rows: list[list[TTSSequence]] = []
         used: list[int] = []
         ready: list[list[TTSSequence]] = []

@@ -61,7 +61,11 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str, bf16: bool) -> n
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # bf16 compute with fp32 gradient reduction; parameters stay fp32 in the optimiser.
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16
+        else MixedPrecisionPolicy()
+    )
     for layer in model.backbone.layers:
         fully_shard(layer, mp_policy=mp)
     # The flow head stays with the root group: it is called through FlowHead.loss(), not its

@@ -138,7 +138,9 @@ class SequenceBuilder:
         self.cfg = cfg
         self.sp = Specials(tokenizer.vocab_size)
 
-    def build(self, sample: TokenSample, prompt: Prompt, text: str | None = None, target_from: int = 0) -> TTSSequence:
+    def build(
+        self, sample: TokenSample, prompt: Prompt, text: str | None = None, target_from: int = 0
+    ) -> TTSSequence:
         """``text``/``target_from`` override the transcript and first target frame (self-prefix prompts)."""
         cfg = self.cfg
         text_ids = self.tok.encode(sample.text if text is None else text)
@@ -191,7 +193,14 @@ class SequenceBuilder:
         # when truncated: it is still a valid target); without truncation the last predicts EOA.
         n_pred = min(n_in + 1, len(sem_t))
         idx = a0 + np.arange(n_pred)
-        sem_target[idx], ac_target[idx], ac_valid[idx], weight[idx] = sem_t[:n_pred], ac_t[:n_pred], True, frame_w[:n_pred]
+        sem_target[idx], ac_target[idx], ac_valid[idx], weight[idx] = (
+            sem_t[:n_pred],
+            ac_t[:n_pred],
+            True,
+            frame_w[:n_pred],
+        )
         if n_in == len(sem_t):
             sem_target[a0 + n_in], weight[a0 + n_in] = EOA, 1.0
-        return TTSSequence(sample.key, text_arr, sem, ac, is_audio, sem_target, ac_target, ac_valid, weight, truncated)
+        return TTSSequence(
+            sample.key, text_arr, sem, ac, is_audio, sem_target, ac_target, ac_valid, weight, truncated
+        )

@@ -63,7 +63,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     ckpt = latest_checkpoint(p)
     if ckpt is None:
-        raise CheckpointError(f"{p} is neither a checkpoint (state.json) nor a run directory with checkpoints/step_*")
+        raise CheckpointError(
+            f"{p} is neither a checkpoint (state.json) nor a run directory with checkpoints/step_*"
+        )
     return ckpt
 
 
@@ -79,8 +81,12 @@ class Synthesizer:
         model = TTSModel(ModelConfig.from_dict(state["model_config"]))
         missing, unexpected = model.load_state_dict(load_model_weights(ckpt), strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"{ckpt}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
-        return cls(model.to(device), load_tokenizer(state.get("tokenizer", "bytes")), state.get("codec_id", ""))
+            raise CheckpointError(
+                f"{ckpt}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        return cls(
+            model.to(device), load_tokenizer(state.get("tokenizer", "bytes")), state.get("codec_id", "")
+        )
 
     @torch.no_grad()
     def generate(
@@ -100,7 +106,10 @@ class Synthesizer:
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         ad = m.cfg.acoustic_dim
         if prompt_semantic is None:
-            prompt_semantic, prompt_acoustic = torch.zeros(0, dtype=torch.long), torch.zeros(0, ad, dtype=torch.long)
+            prompt_semantic, prompt_acoustic = (
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, ad, dtype=torch.long),
+            )
         ids = self.tokenizer.encode(text)
         P, N = len(prompt_semantic), len(ids)
         L = 4 + P + N
@@ -109,7 +118,11 @@ class Synthesizer:
         ac = torch.zeros(L, ad, dtype=torch.long)
         is_audio = torch.zeros(L, dtype=torch.bool)
         txt[0], txt[1] = sp.bos, sp.prompt
-        sem[2 : 2 + P], ac[2 : 2 + P], is_audio[2 : 2 + P] = prompt_semantic.long(), prompt_acoustic.long(), True
+        sem[2 : 2 + P], ac[2 : 2 + P], is_audio[2 : 2 + P] = (
+            prompt_semantic.long(),
+            prompt_acoustic.long(),
+            True,
+        )
         txt[2 + P] = sp.text
         txt[3 + P : 3 + P + N] = torch.tensor(ids, dtype=torch.long)
         txt[3 + P + N] = sp.audio
@@ -125,7 +138,9 @@ class Synthesizer:
                 stopped = True
                 break
             noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 100_003 + i)
-            x = m.flow_head.sample(h.float() if dev.type == "cpu" else h, cfg.flow_steps, cfg.cfg_scale, noise_gen)
+            x = m.flow_head.sample(
+                h.float() if dev.type == "cpu" else h, cfg.flow_steps, cfg.cfg_scale, noise_gen
+            )
             a = float_to_levels(x, m.cfg.acoustic_levels)
             out_sem.append(s)
             out_ac.append(a.cpu())

@@ -67,7 +67,9 @@ def parse_sample(shard: Path, raw: dict) -> TokenSample:
     except Exception as e:
         raise TokenShardError(f"{shard}: sample {key} is unreadable: {type(e).__name__}: {e}") from e
     if sem.ndim != 1 or ac.ndim != 2 or ac.shape[0] != sem.shape[0]:
-        raise TokenShardError(f"{shard}: sample {key}: semantic {sem.shape} / acoustic {ac.shape} shapes disagree")
+        raise TokenShardError(
+            f"{shard}: sample {key}: semantic {sem.shape} / acoustic {ac.shape} shapes disagree"
+        )
     if abs(float(meta.get("frame_rate", FRAME_RATE)) - FRAME_RATE) > 1e-6:
         raise TokenShardError(f"{shard}: sample {key}: frame_rate {meta.get('frame_rate')} != {FRAME_RATE}")
     return TokenSample(
@@ -102,7 +104,9 @@ class PromptPicker:
 
     def __init__(self, cfg: DataConfig, rng: random.Random):
         self.cfg, self.rng = cfg, rng
-        self.seen: dict[str, deque[TokenSample]] = defaultdict(lambda: deque(maxlen=max(cfg.speaker_cache, 1)))
+        self.seen: dict[str, deque[TokenSample]] = defaultdict(
+            lambda: deque(maxlen=max(cfg.speaker_cache, 1))
+        )
         self.counts = {"other": 0, "self": 0, "none": 0}
 
     def pick(self, sample: TokenSample) -> tuple[Prompt, str | None, int]:

@@ -46,7 +46,9 @@ def apply_overrides(obj, overrides: list[str], prefix: str) -> dict:
         if section != prefix:
             continue
         if field not in names:
-            raise ConfigError(f"--set {key}: {type(obj).__name__} has no field {field!r}; fields: {sorted(names)}")
+            raise ConfigError(
+                f"--set {key}: {type(obj).__name__} has no field {field!r}; fields: {sorted(names)}"
+            )
         out[field] = parse_value(value, getattr(obj, field))
     return out
 
@@ -58,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="tiny", choices=["tiny", "1b", "3b"], help="model size preset")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 1000)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    p.add_argument("--eval-tokens", default="", help="held-out token shard directory (default: last --eval-shards of --tokens)")
-    p.add_argument("--eval-shards", type=int, default=None, help="shards of --tokens held out for eval (default 1)")
+    p.add_argument(
+        "--eval-tokens",
+        default="",
+        help="held-out token shard directory (default: last --eval-shards of --tokens)",
+    )
+    p.add_argument(
+        "--eval-shards", type=int, default=None, help="shards of --tokens held out for eval (default 1)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="packed rows per micro-batch per rank")
     p.add_argument("--seq-len", type=int, default=None, help="packed row length (positions)")
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
@@ -67,20 +75,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
-    p.add_argument("--parallel", choices=["ddp", "fsdp"], default=None, help="data parallelism when world size > 1")
+    p.add_argument(
+        "--parallel", choices=["ddp", "fsdp"], default=None, help="data parallelism when world size > 1"
+    )
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per rank")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: from GPU name)")
-    p.add_argument("--init-from", default="", help="local Hugging Face Llama/Mistral checkpoint dir for the backbone (+ its tokenizer)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: from GPU name)"
+    )
+    p.add_argument(
+        "--init-from",
+        default="",
+        help="local Hugging Face Llama/Mistral checkpoint dir for the backbone (+ its tokenizer)",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda:0 ...")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="any config field: model.*, train.*, data.*")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any config field: model.*, train.*, data.*",
+    )
     p.add_argument("--ray", action="store_true", help="run through Ray Train (TorchTrainer)")
     p.add_argument("--ray-workers", type=int, default=1, help="Ray Train workers (data-parallel ranks)")
     p.add_argument("--ray-gpu", action="store_true", help="one GPU per Ray worker")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: the job's cluster or a local one)"
+    )
     return p
 
 
@@ -97,13 +121,31 @@ def specs_from_args(args: argparse.Namespace):
     mcfg = dataclasses.replace(mcfg, **apply_overrides(mcfg, args.set, "model"))
     data = DataConfig()
     data_kw = {"seq_len": mcfg.max_seq_len}
-    for arg, field in (("batch_size", "batch_size"), ("seq_len", "seq_len"), ("num_workers", "num_workers"), ("eval_shards", "eval_shards"), ("seed", "seed")):
+    for arg, field in (
+        ("batch_size", "batch_size"),
+        ("seq_len", "seq_len"),
+        ("num_workers", "num_workers"),
+        ("eval_shards", "eval_shards"),
+        ("seed", "seed"),
+    ):
         if getattr(args, arg) is not None:
             data_kw[field] = getattr(args, arg)
     data = dataclasses.replace(data, **data_kw)
     data = dataclasses.replace(data, **apply_overrides(data, args.set, "data"))
     train_kw = {}
-    for arg in ("steps", "grad_accum", "lr", "warmup_steps", "precision", "parallel", "log_every", "eval_every", "ckpt_every", "seed", "peak_tflops"):
+    for arg in (
+        "steps",
+        "grad_accum",
+        "lr",
+        "warmup_steps",
+        "precision",
+        "parallel",
+        "log_every",
+        "eval_every",
+        "ckpt_every",
+        "seed",
+        "peak_tflops",
+    ):
         if getattr(args, arg) is not None:
             train_kw[arg] = getattr(args, arg)
     if args.compile:
@@ -111,8 +153,15 @@ def specs_from_args(args: argparse.Namespace):
     train = TrainConfig(data=data, **train_kw)
     train = dataclasses.replace(train, **apply_overrides(train, args.set, "train"))
     return RunSpec(
-        tokens=args.tokens, output=args.output, model=mcfg, train=train, resume=args.resume,
-        eval_tokens=args.eval_tokens, tokenizer=tokenizer, init_from=args.init_from, device=args.device,
+        tokens=args.tokens,
+        output=args.output,
+        model=mcfg,
+        train=train,
+        resume=args.resume,
+        eval_tokens=args.eval_tokens,
+        tokenizer=tokenizer,
+        init_from=args.init_from,
+        device=args.device,
     )
 
 

@@ -21,7 +21,7 @@ import torch
 
 from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from model.config import ConfigError, ModelConfig, TrainConfig, save_run_config
-from model.flops import step_flops, peak_tflops
+from model.flops import peak_tflops, step_flops
 from model.loader import ResumableLoader
 from model.parallel import DistInfo, all_reduce_sum, init_distributed, set_grad_sync, unwrap, wrap_model
 from model.text_tokenizer import load_tokenizer
@@ -61,7 +61,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "embeddings" in name or "null_h" in name or "token_type" in name else decay).append(p)
+        (
+            no_decay
+            if p.ndim < 2 or "embeddings" in name or "null_h" in name or "token_type" in name
+            else decay
+        ).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
 
@@ -72,7 +76,9 @@ def codec_id_of(tokens_dir: str) -> str:
 
 
 class Trainer:
-    def __init__(self, spec: RunSpec, info: DistInfo | None = None, on_log: Callable[[dict], None] | None = None):
+    def __init__(
+        self, spec: RunSpec, info: DistInfo | None = None, on_log: Callable[[dict], None] | None = None
+    ):
         self.spec, self.cfg, self.mcfg = spec, spec.train, spec.model
         self.info = info or init_distributed(spec.device)
         self.on_log = on_log
@@ -110,7 +116,9 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + 1000 * self.info.rank)
         random.seed(self.cfg.seed + 1000 * self.info.rank)
 
-        stream = PackedTokenStream(self.train_shards, self.tokenizer, self.cfg.data, self.info.rank, self.info.world_size)
+        stream = PackedTokenStream(
+            self.train_shards, self.tokenizer, self.cfg.data, self.info.rank, self.info.world_size
+        )
         self.loader = ResumableLoader(stream, self.cfg.data.num_workers)
         self.step = 0
         self.peak = peak_tflops(self.device, self.cfg.peak_tflops)
@@ -142,11 +150,26 @@ class Trainer:
                 mfu = f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else ""
                 log.info(
                     "step %d loss %.4f sem_ce %.4f flow %.4f acc %.3f lr %.2e gnorm %.3f tok/s %.0f tflops %.3f%s pad %.1f%%",
-                    record["step"], record["loss"], record["semantic_ce"], record["flow"], record["semantic_acc"],
-                    record["lr"], record["grad_norm"], record["tokens_per_s"], record["tflops"], mfu, 100 * record["padding"],
+                    record["step"],
+                    record["loss"],
+                    record["semantic_ce"],
+                    record["flow"],
+                    record["semantic_acc"],
+                    record["lr"],
+                    record["grad_norm"],
+                    record["tokens_per_s"],
+                    record["tflops"],
+                    mfu,
+                    100 * record["padding"],
                 )
             elif record.get("kind") == "eval":
-                log.info("eval step %d sem_ce %.4f flow %.4f (%d frames)", record["step"], record["eval_semantic_ce"], record["eval_flow"], record["eval_frames"])
+                log.info(
+                    "eval step %d sem_ce %.4f flow %.4f (%d frames)",
+                    record["step"],
+                    record["eval_semantic_ce"],
+                    record["eval_flow"],
+                    record["eval_frames"],
+                )
         if self.on_log is not None:
             self.on_log(record)
 
@@ -161,12 +184,19 @@ class Trainer:
             return
         saved = read_state(ckpt)
         if saved["model_config"] != self.mcfg.to_dict():
-            raise CheckpointError(f"{ckpt} was trained with a different model config; use a new --output or the same --config")
+            raise CheckpointError(
+                f"{ckpt} was trained with a different model config; use a new --output or the same --config"
+            )
         state = load_checkpoint(ckpt, self.model, self.optimizer, self.info.rank)
         self.loader.load_state_dict(state["data"][self.info.rank])
         self.step = int(state["step"])
         if self.info.is_main:
-            log.info("resumed from %s at step %d (data: %d batches consumed)", ckpt, self.step, self.loader.consumed)
+            log.info(
+                "resumed from %s at step %d (data: %d batches consumed)",
+                ckpt,
+                self.step,
+                self.loader.consumed,
+            )
 
     # ---- eval ----
     @torch.no_grad()
@@ -179,7 +209,15 @@ class Trainer:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(1234 + self.info.rank)
-            stream = PackedTokenStream(self.eval_shards, self.tokenizer, self.cfg.data, self.info.rank, self.info.world_size, infinite=False, shuffle=False)
+            stream = PackedTokenStream(
+                self.eval_shards,
+                self.tokenizer,
+                self.cfg.data,
+                self.info.rank,
+                self.info.world_size,
+                infinite=False,
+                shuffle=False,
+            )
             sums = [0.0, 0.0, 0.0, 0.0, 0.0]
             try:
                 for i, batch in enumerate(stream):
@@ -196,7 +234,11 @@ class Trainer:
                 log.warning("eval skipped on rank %d: %s", self.info.rank, e)
         model.train()
         s = all_reduce_sum(sums, self.info)
-        return {"eval_semantic_ce": s[0] / max(s[1], 1e-9), "eval_flow": s[2] / max(s[3], 1e-9), "eval_frames": int(s[4])}
+        return {
+            "eval_semantic_ce": s[0] / max(s[1], 1e-9),
+            "eval_flow": s[2] / max(s[3], 1e-9),
+            "eval_frames": int(s[4]),
+        }
 
     # ---- train ----
     def train(self) -> list[dict[str, Any]]:
@@ -204,20 +246,48 @@ class Trainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_run_config(
-                self.run_dir / "config.json", self.mcfg, cfg,
-                {"codec_id": self.codec_id, "tokenizer": self.spec.tokenizer, "tokens": str(self.spec.tokens),
-                 "world_size": info.world_size, "train_shards": [str(p) for p in self.train_shards],
-                 "eval_shards": [str(p) for p in self.eval_shards], "init_from": self.spec.init_from},
+                self.run_dir / "config.json",
+                self.mcfg,
+                cfg,
+                {
+                    "codec_id": self.codec_id,
+                    "tokenizer": self.spec.tokenizer,
+                    "tokens": str(self.spec.tokens),
+                    "world_size": info.world_size,
+                    "train_shards": [str(p) for p in self.train_shards],
+                    "eval_shards": [str(p) for p in self.eval_shards],
+                    "init_from": self.spec.init_from,
+                },
             )
             n = unwrap(self.model).num_params() if not cfg.parallel == "fsdp" or not info.enabled else None
-            log.info("run %s: model %s (%s params), %d train / %d eval shards, world %d, device %s, precision %s",
-                     self.run_dir, self.mcfg.name, f"{n/1e6:.2f}M" if n else "sharded", len(self.train_shards),
-                     len(self.eval_shards), info.world_size, self.device, "bf16" if self.autocast_dtype else "fp32")
-            log.info("config: %s", json.dumps({"model": self.mcfg.to_dict(), "train": cfg.to_dict()}, sort_keys=True))
+            log.info(
+                "run %s: model %s (%s params), %d train / %d eval shards, world %d, device %s, precision %s",
+                self.run_dir,
+                self.mcfg.name,
+                f"{n / 1e6:.2f}M" if n else "sharded",
+                len(self.train_shards),
+                len(self.eval_shards),
+                info.world_size,
+                self.device,
+                "bf16" if self.autocast_dtype else "fp32",
+            )
+            log.info(
+                "config: %s",
+                json.dumps({"model": self.mcfg.to_dict(), "train": cfg.to_dict()}, sort_keys=True),
+            )
         self.maybe_resume()
         model = self.model
         model.train()
-        acc = {"loss": 0.0, "semantic_ce": 0.0, "flow": 0.0, "semantic_acc": 0.0, "n": 0, "tokens": 0, "frames": 0, "flops": 0.0}
+        acc = {
+            "loss": 0.0,
+            "semantic_ce": 0.0,
+            "flow": 0.0,
+            "semantic_acc": 0.0,
+            "n": 0,
+            "tokens": 0,
+            "frames": 0,
+            "flops": 0.0,
+        }
         t0 = time.perf_counter()
         while self.step < cfg.steps:
             lr = lr_at(self.step, cfg)
@@ -247,16 +317,40 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
-                vals = all_reduce_sum([acc["loss"], acc["semantic_ce"], acc["flow"], acc["semantic_acc"], acc["n"], acc["tokens"], acc["frames"], acc["flops"]], info)
+                vals = all_reduce_sum(
+                    [
+                        acc["loss"],
+                        acc["semantic_ce"],
+                        acc["flow"],
+                        acc["semantic_acc"],
+                        acc["n"],
+                        acc["tokens"],
+                        acc["frames"],
+                        acc["flops"],
+                    ],
+                    info,
+                )
                 n = max(vals[4], 1)
                 tflops = vals[7] / dt / 1e12 / info.world_size  # per device
-                self._log({
-                    "kind": "train", "step": self.step, "loss": vals[0] / n, "semantic_ce": vals[1] / n, "flow": vals[2] / n,
-                    "semantic_acc": vals[3] / n, "lr": lr, "grad_norm": float(grad_norm),
-                    "tokens_per_s": vals[5] / dt, "frames_per_s": vals[6] / dt, "tflops": tflops,
-                    "mfu": tflops / self.peak if self.peak else None, "padding": self.loader.padding_fraction,
-                    "truncated": self.loader.truncated, "time": time.time(),
-                })
+                self._log(
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "loss": vals[0] / n,
+                        "semantic_ce": vals[1] / n,
+                        "flow": vals[2] / n,
+                        "semantic_acc": vals[3] / n,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_s": vals[5] / dt,
+                        "frames_per_s": vals[6] / dt,
+                        "tflops": tflops,
+                        "mfu": tflops / self.peak if self.peak else None,
+                        "padding": self.loader.padding_fraction,
+                        "truncated": self.loader.truncated,
+                        "time": time.time(),
+                    }
+                )
                 acc = dict.fromkeys(acc, 0.0)
                 t0 = time.perf_counter()
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
@@ -265,7 +359,15 @@ class Trainer:
                     self._log({"kind": "eval", "step": self.step, **ev})
                 t0 = time.perf_counter()  # eval time is not training throughput
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                path = save_checkpoint(self.run_dir, self.step, model, self.optimizer, self.extra_state(), self.loader.state_dict(), cfg.keep_checkpoints)
+                path = save_checkpoint(
+                    self.run_dir,
+                    self.step,
+                    model,
+                    self.optimizer,
+                    self.extra_state(),
+                    self.loader.state_dict(),
+                    cfg.keep_checkpoints,
+                )
                 if path is not None:
                     log.info("checkpoint %s", path)
                 t0 = time.perf_counter()

@@ -66,7 +66,9 @@ class TTSModel(nn.Module):
             nn.init.zeros_(self.flow_head.out.bias)
 
     # ---- inputs ----
-    def embed(self, text: torch.Tensor, semantic: torch.Tensor, acoustic: torch.Tensor, is_audio: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, text: torch.Tensor, semantic: torch.Tensor, acoustic: torch.Tensor, is_audio: torch.Tensor
+    ) -> torch.Tensor:
         """text, semantic [B, L]; acoustic [B, L, 36]; is_audio [B, L] bool -> embeddings [B, L, D]."""
         b, length = text.shape
         ac_ids = (acoustic + self.acoustic_offsets).reshape(b * length, -1)
@@ -107,7 +109,9 @@ class TTSModel(nn.Module):
 
     # ---- generation ----
     @torch.no_grad()
-    def prefill(self, text: torch.Tensor, semantic: torch.Tensor, acoustic: torch.Tensor, is_audio: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+    def prefill(
+        self, text: torch.Tensor, semantic: torch.Tensor, acoustic: torch.Tensor, is_audio: torch.Tensor
+    ) -> tuple[torch.Tensor, KVCache]:
         """One document [1, L] -> (last hidden state [1, D], filled KV cache)."""
         cache = KVCache.empty(self.cfg.n_layers)
         positions = torch.arange(text.shape[1], device=text.device)[None]
@@ -119,7 +123,12 @@ class TTSModel(nn.Module):
         """Feed one frame (semantic [1], acoustic [1, 36]) -> next hidden state [1, D]."""
         pos = torch.tensor([[cache.length]], device=semantic.device)
         dummy_text = torch.zeros(1, 1, dtype=torch.long, device=semantic.device)
-        x = self.embed(dummy_text, semantic[:, None], acoustic[:, None], torch.ones(1, 1, dtype=torch.bool, device=semantic.device))
+        x = self.embed(
+            dummy_text,
+            semantic[:, None],
+            acoustic[:, None],
+            torch.ones(1, 1, dtype=torch.bool, device=semantic.device),
+        )
         return self.backbone(x, pos, None, cache)[:, -1]
 
     def semantic_logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -132,5 +141,8 @@ class TTSModel(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= sum(m.weight.numel() for m in (self.text_embeddings, self.semantic_embeddings, self.acoustic_embeddings))
+            n -= sum(
+                m.weight.numel()
+                for m in (self.text_embeddings, self.semantic_embeddings, self.acoustic_embeddings)
+            )
         return n
