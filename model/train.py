@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="local Hugging Face Llama/Mistral checkpoint dir for the backbone (+ its tokenizer)",
     )
+    p.add_argument(
+        "--warm-start",
+        default="",
+        help="start from this run's/checkpoint's weights (new optimiser, data from the start)",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda:0 ...")
     p.add_argument(
         "--set",
@@ -161,6 +166,7 @@ def specs_from_args(args: argparse.Namespace):
         eval_tokens=args.eval_tokens,
         tokenizer=tokenizer,
         init_from=args.init_from,
+        warm_start=args.warm_start,
         device=args.device,
     )
 

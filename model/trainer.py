@@ -43,6 +43,7 @@ class RunSpec:
     eval_tokens: str = ""
     tokenizer: str = "bytes"  # "bytes" or a local HF tokenizer dir (set by --init-from)
     init_from: str = ""  # local HF Llama/Mistral checkpoint dir for the backbone
+    warm_start: str = ""  # a run dir / checkpoint of this project: weights only, fresh optimiser and data
     device: str = "auto"
 
 
@@ -105,6 +106,15 @@ class Trainer:
             from model.hf_init import load_hf_backbone
 
             load_hf_backbone(model, spec.init_from)
+        if spec.warm_start:
+            from model.synthesis import resolve_checkpoint
+
+            ckpt = resolve_checkpoint(spec.warm_start)
+            if read_state(ckpt)["model_config"] != self.mcfg.to_dict():
+                raise CheckpointError(f"--warm-start {ckpt}: its model config differs from this run's")
+            from model.checkpoint import load_model_weights
+
+            model.load_state_dict(load_model_weights(ckpt))
         model.to(self.device)
         if self.cfg.compile:
             for layer in model.backbone.layers:

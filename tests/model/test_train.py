@@ -97,6 +97,18 @@ def test_resume_gives_the_same_next_losses(full_run, token_dir, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
 
 
+def test_warm_start_loads_the_trained_weights(full_run, token_dir, tmp_path):
+    out, history = full_run
+    spec = _spec(token_dir, tmp_path / "warm")
+    spec.warm_start = str(out)
+    spec.train.steps, spec.train.grad_accum = 1, 1
+    first = next(r for r in run_training(spec) if r["kind"] == "train")
+    fresh_first = next(r for r in history if r["kind"] == "train")
+    trained_last = [r for r in history if r["kind"] == "train"][-1]
+    assert first["loss"] < fresh_first["loss"] - 1.0
+    assert first["loss"] == pytest.approx(trained_last["loss"], abs=1.5)
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_data_parallel_gloo(token_dir, tmp_path, parallel):
     out = tmp_path / parallel
