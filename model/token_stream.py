@@ -155,9 +155,12 @@ class PackedTokenStream(IterableDataset):
         self.shards, self.tokenizer, self.cfg = list(shards), tokenizer, cfg
         self.rank, self.world_size, self.infinite, self.shuffle = rank, world_size, infinite, shuffle
 
+    # (worker id, number of workers) when iterated outside a DataLoader worker, e.g. in tests.
+    worker_override: tuple[int, int] | None = None
+
     def _consumer(self) -> tuple[int, int, int]:
         info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        wid, nw = (info.id, info.num_workers) if info is not None else (self.worker_override or (0, 1))
         return self.rank * nw + wid, self.world_size * nw, wid
 
     def samples(self, epoch: int) -> Iterator[TokenSample]:

@@ -113,14 +113,21 @@ def _keys(stream, epoch=0):
     return [s.key for s in stream.samples(epoch)]
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_ranks_partition_the_data_without_duplicates(token_dir, world):
-    train, _ = split_train_eval(list_shards(token_dir), 1)
+@pytest.mark.parametrize("shards", ["one", "two"])
+@pytest.mark.parametrize("world,workers", [(2, 1), (3, 1), (1, 2), (2, 2)])
+def test_ranks_and_workers_partition_the_data_without_duplicates(token_dir, world, workers, shards):
+    # One shard: the sample-level split; two shards with 2 consumers: the shard-level split.
+    pool = list_shards(token_dir)[:1] if shards == "one" else list_shards(token_dir)
     cfg = DataConfig(shuffle_buffer=4)
-    all_keys = [s.key for sh in train for s in read_shard(sh)]
+    all_keys = [s.key for sh in pool for s in read_shard(sh)]
     seen = []
     for rank in range(world):
-        seen += _keys(PackedTokenStream(train, ByteTokenizer(), cfg, rank, world))
+        for w in range(workers):
+            st = PackedTokenStream(pool, ByteTokenizer(), cfg, rank, world)
+            st.worker_override = (w, workers)
+            mine = _keys(st)
+            assert mine, f"rank {rank} worker {w} got nothing"
+            seen += mine
     assert sorted(seen) == sorted(all_keys)
 
 

@@ -83,6 +83,19 @@ def test_tiny_model_overfits_real_token_sequences(sequences):
     assert last_flow < 0.5 * first_flow
 
 
+def test_bf16_autocast_step_on_cpu(sequences):
+    b, samples = sequences
+    torch.manual_seed(0)
+    model = TTSModel(ModelConfig.tiny())
+    batch = collate_rows([[b.build(samples[4], Prompt.none())]], 64, b.sp.pad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.semantic_head.weight.grad.abs().sum() > 0
+
+
 def test_fsq_mapping_matches_the_codec():
     codec = pytest.importorskip("codec")
     c = codec.Codec(codec.CodecConfig.tiny())
@@ -128,3 +141,26 @@ def test_tiny_is_small_and_configs_validate():
         ModelConfig.named("7b")
     with pytest.raises(ConfigError, match="prompt_min_s"):
         DataConfig(prompt_min_s=10, prompt_max_s=5)
+
+
+def test_kv_cached_decoding_matches_the_full_forward(sequences):
+    """Prefill + one-frame steps (generation) give the hidden states of the training-time forward."""
+    b, samples = sequences
+    torch.manual_seed(0)
+    model = TTSModel(ModelConfig.tiny()).eval()
+    seq = b.build(samples[1], Prompt(samples[0].semantic[:20], samples[0].acoustic[:20], "other"))
+    full = collate_rows([[seq]], len(seq), b.sp.pad)
+    a0 = int((full["text"][0] == b.sp.audio).nonzero()[0])
+    with torch.no_grad():
+        h_full = _hidden(model, full)[0]
+        h, cache = model.prefill(
+            full["text"][:, : a0 + 1],
+            full["semantic"][:, : a0 + 1],
+            full["acoustic"][:, : a0 + 1],
+            full["is_audio"][:, : a0 + 1],
+        )
+        steps = [h[0]]
+        for i in range(a0 + 1, a0 + 11):
+            steps.append(model.step(full["semantic"][:, i], full["acoustic"][:, i], cache)[0])
+    torch.testing.assert_close(torch.stack(steps), h_full[a0 : a0 + 11], atol=1e-5, rtol=1e-5)
+    assert cache.length == a0 + 11
