@@ -15,7 +15,7 @@ they run in a unit test, in a benchmark, or inside a Ray Data actor unchanged:
   ``torch.inference_mode``, pinned host buffers, host-to-device copies on a side
   stream overlapped with the previous batch's compute, device-to-host copies
   overlapped with the next batch's compute.
-- :class:`ReadStage` / :class:`EncodeStage`: the same, as callables from one Arrow
+- :func:`read_stage` / :class:`EncodeStage`: the same, as callables from one Arrow
   table to another, which is what Ray Data's ``map_batches`` calls (the adapter
   needs no Ray import; ``tokenize/run.py`` wires them).
 
@@ -37,6 +37,7 @@ import tarfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +78,7 @@ class BatchingConfig:
 
     batch_seconds: float = 120.0  # s of padded audio per encoder batch
     max_items: int = 256  # utterances per batch at most (many tiny ones)
+    max_padding: float = 0.25  # an item joins a batch only if padding it wastes at most this fraction
     sample_rate: int = 24_000  # Hz, the codec's
     samples_per_frame: int = 1920  # the codec's hop: 24 kHz / 12.5 Hz
 
@@ -85,6 +87,8 @@ class BatchingConfig:
             raise ValueError(f"batch_seconds must be > 0 (seconds of padded audio per batch), got {self.batch_seconds}")
         if self.max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {self.max_items}")
+        if not 0 <= self.max_padding < 1:
+            raise ValueError(f"max_padding must be in [0, 1) (fraction of a padded item), got {self.max_padding}")
         if self.sample_rate <= 0 or self.samples_per_frame <= 0:
             raise ValueError(
                 f"sample_rate and samples_per_frame must be > 0 (take them from the codec), "
@@ -110,6 +114,7 @@ def plan_batches(
     budget_samples: int,
     max_items: int = 256,
     samples_per_frame: int = 1920,
+    max_padding: float = 0.25,
 ) -> list[list[int]]:
     """Group item indices into batches of similar length.
 
@@ -117,7 +122,11 @@ def plan_batches(
     once, not at the end), and added to the current batch while
     ``n_items * padded_longest <= budget_samples`` and ``n_items <= max_items``;
     ``padded_longest`` is the longest item rounded up to whole frames, i.e. exactly
-    the tensor the encoder sees. An item longer than the budget gets a batch of its own.
+    the tensor the encoder sees. An item is also not added when padding it to the
+    batch's length would waste more than ``max_padding`` of it (so a small shard with
+    very different lengths makes a few small batches rather than one mostly-padding
+    one; a large shard's sorted lengths are dense and fill batches to the budget).
+    An item longer than the budget gets a batch of its own.
 
     Args:
         lengths: samples of each item, ``[N]``.
@@ -134,7 +143,11 @@ def plan_batches(
     cur_padded = 0
     for i in order:
         padded = max(1, n_frames(lengths[i], samples_per_frame)) * samples_per_frame
-        if cur and ((len(cur) + 1) * cur_padded > budget_samples or len(cur) >= max_items):
+        if cur and (
+            (len(cur) + 1) * cur_padded > budget_samples
+            or len(cur) >= max_items
+            or padded < (1.0 - max_padding) * cur_padded
+        ):
             batches.append(cur)
             cur = []
         if not cur:
@@ -185,6 +198,7 @@ class AudioBatch:
     metas: list[str] = field(default_factory=list)
     pcm: list[np.ndarray] = field(default_factory=list)
     failures: list[SampleFailure] = field(default_factory=list)
+    shard_error: str | None = None  # the whole shard could not be read: nothing to commit
 
     @property
     def lengths(self) -> list[int]:
@@ -202,6 +216,7 @@ class AudioBatch:
             "lengths": self.lengths,
             "pcm": b"".join(np.ascontiguousarray(x, dtype="<i2").tobytes() for x in self.pcm),
             "failures": json.dumps([asdict(f) for f in self.failures]),
+            "shard_error": self.shard_error,
         }
 
     @classmethod
@@ -220,6 +235,7 @@ class AudioBatch:
             metas=list(row["metas"]),
             pcm=pcm,
             failures=[SampleFailure(**f) for f in json.loads(row["failures"])],
+            shard_error=row.get("shard_error"),
         )
 
 
@@ -243,6 +259,7 @@ class TokenBatch:
     failures: list[SampleFailure] = field(default_factory=list)
     padded_samples: int = 0  # samples the encoder actually ran over (padding included)
     encode_seconds: float = 0.0  # wall time the encoder spent on this batch
+    shard_error: str | None = None
 
     @property
     def n_frames(self) -> list[int]:
@@ -263,6 +280,7 @@ class TokenBatch:
             "failures": json.dumps([asdict(f) for f in self.failures]),
             "padded_samples": int(self.padded_samples),
             "encode_seconds": float(self.encode_seconds),
+            "shard_error": self.shard_error,
         }
 
     @classmethod
@@ -288,6 +306,7 @@ class TokenBatch:
             failures=[SampleFailure(**f) for f in json.loads(row["failures"])],
             padded_samples=int(row["padded_samples"]),
             encode_seconds=float(row["encode_seconds"]),
+            shard_error=row.get("shard_error"),
         )
 
 
@@ -397,7 +416,7 @@ class AudioShardReader:
         good = [m for m in members if not m.error]
         # Length unknown from the header: plan it as a budget-sized item (a batch of its own).
         lengths = [m.n_samples if m.n_samples is not None else cfg.budget_samples for m in good]
-        plan = plan_batches(lengths, cfg.budget_samples, cfg.max_items, cfg.samples_per_frame)
+        plan = plan_batches(lengths, cfg.budget_samples, cfg.max_items, cfg.samples_per_frame, cfg.max_padding)
         n_batches = max(1, len(plan))
         if not plan:
             yield AudioBatch(shard=shard, batch_index=0, n_batches=1,
@@ -604,7 +623,7 @@ class TokenEncoder:
 
     def _empty(self, batch: AudioBatch) -> TokenBatch:
         return TokenBatch(shard=batch.shard, batch_index=batch.batch_index, n_batches=batch.n_batches,
-                          failures=list(batch.failures))
+                          failures=list(batch.failures), shard_error=batch.shard_error)
 
     def _encode_one(self, batch: AudioBatch) -> TokenBatch:
         """Synchronous path (CPU, and the fallback on CUDA): whole batch, else item by item."""
@@ -753,29 +772,35 @@ def _checked_narrow(x, dtype, upper: int):
 # Arrow-table stages (what Ray Data's map_batches calls; no Ray import here)
 
 
-class ReadStage:
+def read_stage(table, config: BatchingConfig) -> Iterator:
     """``pa.Table`` of shards (columns ``shard``, ``path``) -> one table per bucketed batch.
 
     A generator, so that Ray Data streams a shard's batches downstream as they are
-    decoded instead of holding the whole shard.
+    decoded instead of holding the whole shard. A shard that cannot be read at all
+    yields one batch carrying ``shard_error`` (the job reports it and does not commit).
     """
+    import pyarrow as pa
 
-    def __init__(self, config: BatchingConfig):
-        self.reader = AudioShardReader(config)
-
-    def __call__(self, table) -> Iterator:
-        import pyarrow as pa
-
-        for row in table.to_pylist():
-            for batch in self.reader.batches(row["path"], row["shard"]):
+    reader = AudioShardReader(config)
+    for row in table.to_pylist():
+        try:
+            for batch in reader.batches(row["path"], row["shard"]):
                 yield pa.Table.from_pylist([batch.to_row()], schema=AUDIO_BATCH_SCHEMA)
+        except ShardReadError as e:
+            bad = AudioBatch(shard=row["shard"], batch_index=0, n_batches=1, shard_error=str(e))
+            yield pa.Table.from_pylist([bad.to_row()], schema=AUDIO_BATCH_SCHEMA)
 
 
 class EncodeStage:
     """``pa.Table`` of audio batches -> ``pa.Table`` of token batches, one codec per actor."""
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, expected_codec_id: str | None = None):
         self.encoder = TokenEncoder(config)
+        if expected_codec_id is not None and self.encoder.codec_id != expected_codec_id:
+            raise CodecContractError(
+                f"codec at {config.codec_dir} loads as {self.encoder.codec_id}, the job expected "
+                f"{expected_codec_id}: was the checkpoint replaced while the job ran?"
+            )
         log.info("encoder ready: codec %s on %s (%s)", self.encoder.codec_id, self.encoder.device,
                  self.encoder.precision)
 
@@ -802,6 +827,7 @@ def _schemas():
         ("lengths", pa.list_(pa.int64())),
         ("pcm", pa.large_binary()),
         ("failures", pa.string()),
+        ("shard_error", pa.string()),
     ])
     tokens = pa.schema(common + [
         ("n_samples", pa.list_(pa.int64())),
@@ -811,6 +837,7 @@ def _schemas():
         ("failures", pa.string()),
         ("padded_samples", pa.int64()),
         ("encode_seconds", pa.float64()),
+        ("shard_error", pa.string()),
     ])
     return audio, tokens
 
@@ -818,8 +845,37 @@ def _schemas():
 AUDIO_BATCH_SCHEMA, TOKEN_BATCH_SCHEMA = _schemas()
 
 
-def seconds(n_samples: int, sample_rate: int = 24_000) -> float:
-    return n_samples / sample_rate
+@dataclass(frozen=True)
+class CodecInfo:
+    """What the job needs to know of a checkpoint without building the model."""
+
+    codec_id: str
+    sample_rate: int
+    samples_per_frame: int
+    frame_rate: float
+
+
+def codec_info(codec_dir: str | os.PathLike) -> CodecInfo:
+    """``codec_id`` (DESIGN §6: name + 12 hex of the weights' SHA-256) and rates of a saved codec.
+
+    Same rule as ``Codec.codec_id`` of a loaded model; :class:`EncodeStage` checks that
+    they agree.
+    """
+    from codec.config import CodecConfig, CodecConfigError
+    from codec.speech_codec import CONFIG_FILE, WEIGHTS_FILE, CodecCheckpointError, _sha256_file
+
+    d = Path(codec_dir)
+    cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise CodecCheckpointError(f"{p}: missing; --codec must be a directory written by Codec.save()")
+    try:
+        cfg = CodecConfig.from_dict(json.loads(cfg_path.read_text())["config"])
+    except (ValueError, KeyError, TypeError, CodecConfigError) as e:
+        raise CodecCheckpointError(f"{cfg_path}: not a valid codec config ({e})") from e
+    sha = _sha256_file(w_path)
+    return CodecInfo(codec_id=f"{cfg.name}-{sha[:12]}", sample_rate=int(cfg.sample_rate),
+                     samples_per_frame=int(cfg.samples_per_frame), frame_rate=float(cfg.frame_rate))
 
 
 __all__ = [
@@ -833,15 +889,17 @@ __all__ = [
     "CodecContractError",
     "EncodeStage",
     "EncoderConfig",
-    "ReadStage",
+    "CodecInfo",
     "SEMANTIC_CODEBOOK_SIZE",
     "SampleFailure",
     "ShardReadError",
     "TOKEN_BATCH_SCHEMA",
     "TokenBatch",
     "TokenEncoder",
+    "codec_info",
     "flac_stream_info",
     "n_frames",
     "padding_ratio",
     "plan_batches",
+    "read_stage",
 ]

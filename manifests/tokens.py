@@ -241,6 +241,7 @@ class CompleteShard:
     failures: list[dict]
     padded_samples: int
     encode_seconds: float
+    shard_error: str | None = None  # the shard could not be read: do not commit it
 
 
 class ShardAssembler:
@@ -268,6 +269,7 @@ class ShardAssembler:
             return None
         del self._pending[batch.shard]
         items, failures, padded, secs = [], [], 0, 0.0
+        errors = [b.shard_error for b in got.values() if getattr(b, "shard_error", None)]
         for b in got.values():
             for i, key in enumerate(b.keys):
                 items.append((b.positions[i], key, b.metas[i], b.n_samples[i], b.semantic[i], b.acoustic[i]))
@@ -287,4 +289,5 @@ class ShardAssembler:
             failures=failures,
             padded_samples=padded,
             encode_seconds=secs,
+            shard_error=errors[0] if errors else None,
         )
