@@ -158,7 +158,8 @@ class DataConfig:
     batch_size: int = 4  # rows per micro-batch per rank
     shuffle_buffer: int = 64  # samples held for shuffling (0 = stream order)
     pack_buffer: int = 16  # sequences held for first-fit packing
-    speaker_cache: int = 8  # segments remembered per speaker to draw voice prompts from
+    speaker_cache: int = 4  # segments remembered per speaker to draw voice prompts from
+    max_speakers: int = 2048  # speakers remembered (least recently seen forgotten first)
     prompt_min_s: float = 3.0
     prompt_max_s: float = 25.0
     p_no_prompt: float = 0.05  # sequences trained without a voice prompt (so prompt-less generation works)

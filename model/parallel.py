@@ -57,7 +57,8 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str, bf16: bool) -> n
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        # The only buffer (acoustic offsets) is constant: no need to broadcast it every step.
+        return DDP(model, device_ids=ids, broadcast_buffers=False)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # bf16 compute with fp32 gradient reduction; parameters stay fp32 in the optimiser.

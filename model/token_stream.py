@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,16 +104,34 @@ class PromptPicker:
 
     def __init__(self, cfg: DataConfig, rng: random.Random):
         self.cfg, self.rng = cfg, rng
-        self.seen: dict[str, deque[TokenSample]] = defaultdict(
-            lambda: deque(maxlen=max(cfg.speaker_cache, 1))
-        )
+        # LRU over speakers, each with its last few segments stored compactly (int16 / uint8, at most
+        # prompt_max_s long): at worst 2048 x 4 x 312 frames x 38 bytes = 100 MB per consumer.
+        self.seen: OrderedDict[str, deque[TokenSample]] = OrderedDict()
         self.counts = {"other": 0, "self": 0, "none": 0}
+
+    def _remember(self, sample: TokenSample) -> None:
+        cfg = self.cfg
+        keep = int(round(cfg.prompt_max_s * FRAME_RATE))
+        compact = TokenSample(
+            sample.key,
+            sample.speaker,
+            "",
+            [],
+            sample.start,
+            sample.semantic[:keep].astype(np.int16),
+            sample.acoustic[:keep].astype(np.uint8),
+        )
+        q = self.seen.pop(sample.speaker, None) or deque(maxlen=max(cfg.speaker_cache, 1))
+        q.append(compact)
+        self.seen[sample.speaker] = q
+        while len(self.seen) > cfg.max_speakers:
+            self.seen.popitem(last=False)
 
     def pick(self, sample: TokenSample) -> tuple[Prompt, str | None, int]:
         """-> (prompt, text override or None, first target frame)."""
         cfg, rng = self.cfg, self.rng
-        others = [s for s in self.seen[sample.speaker] if s.key != sample.key]
-        self.seen[sample.speaker].append(sample)
+        others = [s for s in self.seen.get(sample.speaker, ()) if s.key != sample.key]
+        self._remember(sample)
         if rng.random() < cfg.p_no_prompt:
             self.counts["none"] += 1
             return Prompt.none(sample.acoustic.shape[1]), None, 0
@@ -123,7 +141,11 @@ class PromptPicker:
             n = min(other.n_frames, rng.randint(lo, hi))
             off = rng.randint(0, other.n_frames - n)
             self.counts["other"] += 1
-            return Prompt(other.semantic[off : off + n], other.acoustic[off : off + n], "other"), None, 0
+            sem, ac = (
+                other.semantic[off : off + n].astype(np.int64),
+                other.acoustic[off : off + n].astype(np.int64),
+            )
+            return Prompt(sem, ac, "other"), None, 0
         split = self_prefix_split(sample, cfg)
         if split is None:
             self.counts["none"] += 1

@@ -228,20 +228,30 @@ class Trainer:
                 infinite=False,
                 shuffle=False,
             )
-            sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+            batches = []
             try:
-                for i, batch in enumerate(stream):
-                    if i >= self.cfg.eval_batches:
+                for batch in stream:
+                    batches.append(batch)
+                    if len(batches) >= self.cfg.eval_batches:
                         break
-                    with self._autocast():
-                        out = model(self._to_device(batch))
-                    sums[0] += float(out["semantic_ce"]) * float(out["w_sem"])
-                    sums[1] += float(out["w_sem"])
-                    sums[2] += float(out["flow"]) * float(out["w_flow"])
-                    sums[3] += float(out["w_flow"])
-                    sums[4] += float(batch["n_frames"])
             except Exception as e:  # eval must not kill training; say why it was skipped
-                log.warning("eval skipped on rank %d: %s", self.info.rank, e)
+                log.warning("eval data unreadable on rank %d: %s", self.info.rank, e)
+                batches = []
+            # Every rank runs the same number of forwards: FSDP all-gathers in each of them.
+            n = len(batches)
+            if self.info.enabled:
+                t = torch.tensor([n], device=self.device if self.device.type == "cuda" else "cpu")
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+                n = int(t)
+            sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+            for batch in batches[:n]:
+                with self._autocast():
+                    out = model(self._to_device(batch))
+                sums[0] += float(out["semantic_ce"]) * float(out["w_sem"])
+                sums[1] += float(out["w_sem"])
+                sums[2] += float(out["flow"]) * float(out["w_flow"])
+                sums[3] += float(out["w_flow"])
+                sums[4] += float(batch["n_frames"])
         model.train()
         s = all_reduce_sum(sums, self.info)
         return {
