@@ -73,6 +73,7 @@ class TokenizeConfig:
     ray_address: str | None = None  # default: $RAY_ADDRESS, else a local Ray
     object_store_mb: int | None = 1024  # local Ray only
     progress_bars: bool = False
+    engine: str = "ray"  # ray (the job) | local (one process: a reader thread + one encoder; no Ray)
     resolved: dict = field(default_factory=dict)  # filled by the job: codec_id, actors, device...
 
     def __post_init__(self):
@@ -103,6 +104,10 @@ class TokenizeConfig:
             raise TokenizeConfigError("--cpus-per-actor and --read-cpus must be > 0")
         if self.threads is not None and self.threads < 1:
             raise TokenizeConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.engine not in ("ray", "local"):
+            raise TokenizeConfigError(f"--engine must be ray or local, got {self.engine!r}")
+        if self.engine == "local" and (self.num_actors or 1) > 1:
+            raise TokenizeConfigError("--engine local runs one encoder: drop --num-actors or use --engine ray")
         if self.ray_address is None:
             self.ray_address = os.environ.get("RAY_ADDRESS") or None
 
@@ -195,6 +200,95 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     return ds
 
 
+def ray_token_batches(cfg: TokenizeConfig, todo, info, rr: dict):
+    """TokenBatches from the Ray Data pipeline, in completion order."""
+    from codec.batching import TokenBatch
+
+    ds = build_dataset(cfg, todo, info, rr)
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        for row in table.to_pylist():
+            yield TokenBatch.from_row(row)
+
+
+def local_resources(cfg: TokenizeConfig) -> dict:
+    import torch
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TokenizeConfigError("--device cuda but torch sees no CUDA device; use --device cpu")
+    threads = cfg.threads or max(1, int(round(cfg.cpus_per_actor)))
+    return {"device": device, "num_actors": 1, "gpus_per_actor": 1.0 if device == "cuda" else 0.0,
+            "cpus_per_actor": cfg.cpus_per_actor, "threads": threads, "engine": "local"}
+
+
+def local_token_batches(cfg: TokenizeConfig, todo, info, rr: dict):
+    """The same stages without Ray: one reader thread feeds one encoder in this process
+    (a machine without Ray, a quick CPU run, the GPU benchmark)."""
+    import queue
+    import threading
+
+    from codec.batching import (
+        AudioBatch,
+        AudioShardReader,
+        BatchingConfig,
+        EncoderConfig,
+        ShardReadError,
+        TokenEncoder,
+    )
+
+    bcfg = BatchingConfig(batch_seconds=cfg.batch_seconds, max_items=cfg.max_batch_items, max_padding=cfg.max_padding,
+                          sample_rate=info.sample_rate, samples_per_frame=info.samples_per_frame)
+    enc = TokenEncoder(EncoderConfig(codec_dir=str(Path(cfg.codec).resolve()), device=rr["device"],
+                                     precision=cfg.precision, threads=rr["threads"] if rr["device"] == "cpu" else None))
+    if enc.codec_id != info.codec_id:
+        raise TokenizeConfigError(f"codec loads as {enc.codec_id}, expected {info.codec_id}")
+    q: queue.Queue = queue.Queue(maxsize=2 * cfg.batches_per_call)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        reader = AudioShardReader(bcfg)
+        try:
+            for shard, path in todo:
+                try:
+                    for b in reader.batches(path, shard):
+                        while not stop.is_set():
+                            try:
+                                q.put(b, timeout=0.5)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+                except ShardReadError as e:
+                    q.put(AudioBatch(shard=shard, batch_index=0, n_batches=1, shard_error=str(e)))
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+        finally:
+            q.put(done)
+
+    t = threading.Thread(target=produce, name="shard-reader", daemon=True)
+    t.start()
+    try:
+        buf = []
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            buf.append(item)
+            if len(buf) >= cfg.batches_per_call:
+                yield from enc(buf)
+                buf = []
+        if buf:
+            yield from enc(buf)
+    finally:
+        stop.set()
+
+
 # --------------------------------------------------------------------------------------
 # Driver
 
@@ -236,13 +330,14 @@ def committed_audio_shards(out: str) -> list[tuple[str, str]]:
 
 
 def versions(codec_id: str) -> dict:
-    import numpy
-    import pyarrow
-    import ray
-    import torch
+    import importlib.metadata as md
 
-    v = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-         "numpy": numpy.__version__, "pyarrow": pyarrow.__version__, "codec_id": codec_id}
+    v = {"python": platform.python_version(), "codec_id": codec_id}
+    for pkg in ("torch", "ray", "numpy", "pyarrow", "soundfile"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            v[pkg] = None
     try:
         v["git"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                   timeout=5).stdout.strip() or None
@@ -301,7 +396,7 @@ def format_summary(s: dict) -> str:
 
 def run(cfg: TokenizeConfig) -> dict:
     """Run the job; returns the stats (also in the ``runs`` row)."""
-    from codec.batching import TokenBatch, codec_info
+    from codec.batching import codec_info
     from manifests.store import write_part
     from manifests.tokens import ShardAssembler, clean_uncommitted, commit_token_shard, committed_shards
 
@@ -335,46 +430,48 @@ def run(cfg: TokenizeConfig) -> dict:
                "config": cfg.to_json(), "versions": json.dumps(versions(info.codec_id)), "stats": None}
     rr: dict = {}
     if todo:
-        init_ray(cfg)
-        rr = resolve_resources(cfg)
+        if cfg.engine == "ray":
+            init_ray(cfg)
+            rr = resolve_resources(cfg)
+        else:
+            rr = local_resources(cfg)
         cfg.resolved.update(rr)
         run_row["config"] = cfg.to_json()
         log.info("config: %s", cfg.to_json())
         write_part(out, "runs", f"tokenize-{run_id}", [run_row])
         fault = _fault_hook()
         assembler = ShardAssembler()
-        ds = build_dataset(cfg, todo, info, rr)
+        source = (ray_token_batches if cfg.engine == "ray" else local_token_batches)(cfg, todo, info, rr)
         t0 = time.time()
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-            for row in table.to_pylist():
-                shard = assembler.add(TokenBatch.from_row(row))
-                if shard is None:
-                    continue
-                if shard.shard_error:
-                    stats.shards_failed += 1
-                    log.error("shard %s not tokenized: %s", shard.shard, shard.shard_error)
-                    continue
-                c = commit_token_shard(out, info.codec_id, shard.shard, shard.samples, shard.failures,
-                                       frame_rate=info.frame_rate, sample_rate=info.sample_rate,
-                                       n_samples=shard.n_samples, run_id=run_id,
-                                       between=lambda: fault("after_tar"))
-                stats.shards_done += 1
-                stats.samples += c.n_ok
-                stats.samples_failed += c.n_failed
-                for f in shard.failures:
-                    reason = f["error"].split(":")[0]
-                    stats.failed_by_reason[reason] = stats.failed_by_reason.get(reason, 0) + 1
-                    log.warning("shard %s: sample %s failed: %s", shard.shard, f["key"], f["error"])
-                stats.audio_seconds += c.audio_seconds
-                stats.frames += c.n_frames
-                stats.token_bytes += c.bytes
-                stats.padded_seconds += shard.padded_samples / info.sample_rate
-                stats.encode_seconds += shard.encode_seconds
-                el = time.time() - t0
-                log.info("shard %s committed [%d/%d]: %d samples (%d failed), %.1f s audio, %d frames | %.1f s/s",
-                         c.shard, stats.shards_done + stats.shards_failed, len(todo), c.n_ok, c.n_failed,
-                         c.audio_seconds, c.n_frames, stats.audio_seconds / max(el, 1e-9))
-                fault("after_commit")
+        for batch in source:  # a shard is committed when its last batch arrives
+            shard = assembler.add(batch)
+            if shard is None:
+                continue
+            if shard.shard_error:
+                stats.shards_failed += 1
+                log.error("shard %s not tokenized: %s", shard.shard, shard.shard_error)
+                continue
+            c = commit_token_shard(out, info.codec_id, shard.shard, shard.samples, shard.failures,
+                                   frame_rate=info.frame_rate, sample_rate=info.sample_rate,
+                                   n_samples=shard.n_samples, run_id=run_id,
+                                   between=lambda: fault("after_tar"))
+            stats.shards_done += 1
+            stats.samples += c.n_ok
+            stats.samples_failed += c.n_failed
+            for f in shard.failures:
+                reason = f["error"].split(":")[0]
+                stats.failed_by_reason[reason] = stats.failed_by_reason.get(reason, 0) + 1
+                log.warning("shard %s: sample %s failed: %s", shard.shard, f["key"], f["error"])
+            stats.audio_seconds += c.audio_seconds
+            stats.frames += c.n_frames
+            stats.token_bytes += c.bytes
+            stats.padded_seconds += shard.padded_samples / info.sample_rate
+            stats.encode_seconds += shard.encode_seconds
+            el = time.time() - t0
+            log.info("shard %s committed [%d/%d]: %d samples (%d failed), %.1f s audio, %d frames | %.1f s/s",
+                     c.shard, stats.shards_done + stats.shards_failed, len(todo), c.n_ok, c.n_failed,
+                     c.audio_seconds, c.n_frames, stats.audio_seconds / max(el, 1e-9))
+            fault("after_commit")
         stats.wall_seconds = time.time() - t0
         if assembler.open_shards:  # cannot happen unless the pipeline lost batches: say so loudly
             stats.shards_failed += len(assembler.open_shards)
@@ -416,6 +513,8 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     ap.add_argument("--object-store-mb", type=int, default=d["object_store_mb"].default,
                     help="object store of a local Ray, MiB (default %(default)s)")
     ap.add_argument("--progress-bars", action="store_true", help="show Ray Data's progress bars")
+    ap.add_argument("--engine", choices=["ray", "local"], default="ray",
+                    help="ray: the Ray Data job (default); local: one process, no Ray (one encoder)")
     a = vars(ap.parse_args(argv))
     try:
         return TokenizeConfig(**a)
