@@ -10,7 +10,7 @@ Baseline: one process, for each file: load (whisperx.load_audio), whisperx trans
 (FasterWhisperPipeline, its pyannote VAD, batch 8), diarize (the same offline pyannote
 pipeline, its own segmentation pass), assign words to speakers; next file.
 Prints seconds of audio per wall-clock second for both, their ratio, and peak memory
-(RSS summed over the process tree, sampled every 0.2 s).
+(PSS summed over the process tree, sampled every 0.5 s).
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def build_corpus(out: Path, minutes: float, session_s: float = 120.0) -> float:
 
 
 class PeakRSS:
-    """Peak of the summed RSS of a process and its descendants."""
+    """Peak of the summed PSS (proportional set size: shared pages split between the processes
+    that map them, so torch's libraries are not counted once per Ray worker) of a process and
+    its descendants."""
 
     def __init__(self, pid: int):
         self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
@@ -66,11 +68,11 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 procs = [self.proc] + self.proc.children(recursive=True)
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                rss = sum(p.memory_full_info().pss for p in procs if p.is_running())
                 self.peak = max(self.peak, rss)
             except psutil.Error:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def stop(self) -> int:
         self._stop.set()
@@ -132,18 +134,18 @@ def main() -> None:
     wall, peak, out = run([sys.executable, "pipeline/ingest.py", "--input", str(corpus), "--output",
                            str(work / "out")], env)
     pipe = audio_s / wall
-    print(f"pipeline: {wall:.1f} s wall, {pipe:.1f} s audio/s ({pipe:.1f}x real time), peak RSS {peak / 2**30:.2f} GiB")
+    print(f"pipeline: {wall:.1f} s wall, {pipe:.1f} s audio/s ({pipe:.1f}x real time), peak PSS {peak / 2**30:.2f} GiB")
     print("  " + "\n  ".join(line for line in out.splitlines() if line.startswith(("hours", "segments", "wall", "stage"))))
     if args.skip_baseline:
         return
     wall_b, peak_b, out_b = run([sys.executable, "-c", BASELINE, str(corpus), str(REPO)], env)
     base = audio_s / wall_b
     print(f"baseline (sequential whisperx + pyannote): {wall_b:.1f} s wall, {base:.1f} s audio/s, "
-          f"peak RSS {peak_b / 2**30:.2f} GiB")
+          f"peak PSS {peak_b / 2**30:.2f} GiB")
     print(f"ratio pipeline / baseline: {pipe / base:.2f}x")
     print(json.dumps({"audio_seconds": audio_s, "pipeline_sps": pipe, "baseline_sps": base,
-                      "ratio": pipe / base, "pipeline_peak_rss_gib": peak / 2**30,
-                      "baseline_peak_rss_gib": peak_b / 2**30}))
+                      "ratio": pipe / base, "pipeline_peak_pss_gib": peak / 2**30,
+                      "baseline_peak_pss_gib": peak_b / 2**30}))
 
 
 if __name__ == "__main__":
