@@ -183,10 +183,10 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     items = [{"shard": s, "path": p} for s, p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # One task per shard; a generator, so the shard's batches stream out as they are decoded.
-    # SPREAD: decoding is spread over the nodes, and (different remote args) Ray Data does
-    # not fuse the reader into the encoder actors, where it would stall the GPU.
+    # SPREAD: decoding is spread over the nodes. Given through ray_remote_args_fn, which also
+    # keeps Ray Data from fusing the reader into the encoder actors (it would stall the GPU).
     ds = ds.map_batches(read_stage, fn_kwargs={"config": bcfg}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=cfg.read_cpus, scheduling_strategy="SPREAD")
+                        num_cpus=cfg.read_cpus, ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD"})
     ds = ds.map_batches(
         EncodeStage,
         fn_constructor_kwargs={"config": ecfg, "expected_codec_id": info.codec_id},
@@ -195,7 +195,6 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
         num_gpus=rr["gpus_per_actor"] if rr["device"] == "cuda" else 0,
         num_cpus=cfg.cpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=rr["num_actors"]),
-        scheduling_strategy="DEFAULT",  # explicit, else it inherits SPREAD and the reader fuses in
     )
     return ds
 
