@@ -152,3 +152,10 @@ def token_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def codec_dir(token_dir: Path) -> Path:
     return token_dir.parents[2] / "codec"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Loading faster-whisper / the codec can raise torch's thread count again; pin it per test.
+    torch.set_num_threads(1)
+    yield

@@ -164,3 +164,27 @@ def test_kv_cached_decoding_matches_the_full_forward(sequences):
             steps.append(model.step(full["semantic"][:, i], full["acoustic"][:, i], cache)[0])
     torch.testing.assert_close(torch.stack(steps), h_full[a0 : a0 + 11], atol=1e-5, rtol=1e-5)
     assert cache.length == a0 + 11
+
+
+def test_generation_after_overfitting_stops_at_the_learned_length(sequences):
+    """Greedy KV-cached generation of a memorised utterance ends with end-of-audio at its length."""
+    from model.synthesis import SamplingConfig, Synthesizer
+
+    b, samples = sequences
+    s = samples[1]
+    batch = collate_rows([[b.build(s, Prompt.none())]], 4 + len(s.text) + s.n_frames, b.sp.pad)
+    torch.manual_seed(0)
+    model = TTSModel(ModelConfig.tiny())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(80):
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    sem, ac, stopped = Synthesizer(model, ByteTokenizer()).generate(
+        s.text, cfg=SamplingConfig(temperature=0, max_frames=3 * s.n_frames)
+    )
+    assert stopped and abs(len(sem) - s.n_frames) <= 2, (len(sem), s.n_frames)
+    n = min(len(sem), s.n_frames)
+    assert (sem[:n].numpy() == s.semantic[:n]).mean() >= 0.8
+    assert ac.shape == (len(sem), 36) and 0 <= int(ac.min()) and int(ac.max()) <= 20
