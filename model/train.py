@@ -123,7 +123,14 @@ def specs_from_args(args: argparse.Namespace):
 
         mcfg = model_config_from_hf(args.init_from, base=mcfg)
         tokenizer = args.init_from
-    mcfg = dataclasses.replace(mcfg, **apply_overrides(mcfg, args.set, "model"))
+    model_kw = apply_overrides(mcfg, args.set, "model")
+    if (
+        ("dim" in model_kw or "n_heads" in model_kw)
+        and "head_dim" not in model_kw
+        and mcfg.head_dim == mcfg.dim // mcfg.n_heads
+    ):
+        model_kw["head_dim"] = 0  # it was derived from dim / n_heads: derive it again
+    mcfg = dataclasses.replace(mcfg, **model_kw)
     data = DataConfig()
     data_kw = {"seq_len": mcfg.max_seq_len}
     for arg, field in (

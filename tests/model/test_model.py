@@ -188,3 +188,31 @@ def test_generation_after_overfitting_stops_at_the_learned_length(sequences):
     n = min(len(sem), s.n_frames)
     assert (sem[:n].numpy() == s.semantic[:n]).mean() >= 0.8
     assert ac.shape == (len(sem), 36) and 0 <= int(ac.min()) and int(ac.max()) <= 20
+
+
+def test_cli_overrides_reach_the_configs():
+    from model.train import build_parser, specs_from_args
+
+    args = build_parser().parse_args(
+        [
+            "--tokens",
+            "t",
+            "--output",
+            "o",
+            "--steps",
+            "7",
+            "--batch-size",
+            "3",
+            "--set",
+            "model.dim=256",
+            "train.betas=0.9,0.99",
+            "data.silence_weight=0.5",
+        ]
+    )
+    spec = specs_from_args(args)
+    assert (spec.model.dim, spec.model.head_dim) == (256, 64)  # head_dim re-derived from dim / n_heads
+    assert spec.train.steps == 7 and spec.train.betas == (0.9, 0.99)
+    assert spec.train.data.batch_size == 3 and spec.train.data.silence_weight == 0.5
+    assert spec.train.data.seq_len == spec.model.max_seq_len
+    with pytest.raises(ConfigError, match="no field 'foo'"):
+        specs_from_args(build_parser().parse_args(["--tokens", "t", "--output", "o", "--set", "model.foo=1"]))
