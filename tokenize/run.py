@@ -361,6 +361,8 @@ class Stats:
     encode_seconds: float = 0.0  # summed over actors
     token_bytes: int = 0
     wall_seconds: float = 0.0  # pipeline: from dataset start to last commit
+    first_commit_seconds: float | None = None  # pipeline start -> first commit (actor start, model load...)
+    first_commit_audio_seconds: float = 0.0
     total_seconds: float = 0.0  # the whole command, Ray start and model loads included
 
     def finish(self, rr: dict) -> dict:
@@ -371,6 +373,11 @@ class Stats:
         d["gpus"] = n_gpus
         d["audio_seconds_per_second_per_gpu"] = d["audio_seconds_per_second"] / n_gpus if n_gpus else None
         d["padding_ratio"] = self.padded_seconds / self.audio_seconds if self.audio_seconds else None
+        steady = self.wall_seconds - (self.first_commit_seconds or 0.0)
+        d["steady_audio_seconds_per_second"] = (
+            (self.audio_seconds - self.first_commit_audio_seconds) / steady
+            if self.shards_done > 1 and steady > 0 else None
+        )
         actors = rr.get("num_actors", 0)
         d["encoder_busy_fraction"] = self.encode_seconds / (wall * actors) if actors and self.wall_seconds else None
         return d
@@ -387,6 +394,9 @@ def format_summary(s: dict) -> str:
         f"throughput: {s['audio_seconds_per_second']:.1f} s of audio per s"
         + (f" ({s['audio_seconds_per_second_per_gpu']:.1f} per GPU, {s['gpus']:g} GPUs)" if s["gpus"] else " (CPU)"),
     ]
+    if s.get("steady_audio_seconds_per_second"):
+        lines.append(f"after the first shard (start-up excluded): {s['steady_audio_seconds_per_second']:.1f} s of audio "
+                     f"per s; first shard committed after {s['first_commit_seconds']:.1f} s")
     if s["padding_ratio"] is not None:
         lines.append(f"padding: {s['padding_ratio']:.3f}x real audio   encoder busy: "
                      f"{(s['encoder_busy_fraction'] or 0) * 100:.0f}% of actor time")
@@ -467,6 +477,8 @@ def run(cfg: TokenizeConfig) -> dict:
             stats.padded_seconds += shard.padded_samples / info.sample_rate
             stats.encode_seconds += shard.encode_seconds
             el = time.time() - t0
+            if stats.first_commit_seconds is None:
+                stats.first_commit_seconds, stats.first_commit_audio_seconds = el, c.audio_seconds
             log.info("shard %s committed [%d/%d]: %d samples (%d failed), %.1f s audio, %d frames | %.1f s/s",
                      c.shard, stats.shards_done + stats.shards_failed, len(todo), c.n_ok, c.n_failed,
                      c.audio_seconds, c.n_frames, stats.audio_seconds / max(el, 1e-9))
