@@ -162,6 +162,14 @@ def resolve_resources(cfg: TokenizeConfig) -> dict:
         n = 1
     if device == "cuda" and n * gpa > gpus + 1e-9:
         log.warning("%d actors x %.2f GPU > %.0f GPUs in the cluster: some actors will wait", n, gpa, gpus)
+    need = n * cfg.cpus_per_actor + cfg.read_cpus
+    if need > cpus + 1e-9:
+        # Ray would start the actors and then never schedule a reader: the job would hang.
+        raise TokenizeConfigError(
+            f"{n} encoder actors x {cfg.cpus_per_actor:g} CPU + {cfg.read_cpus:g} CPU for a reader = {need:g} CPUs, "
+            f"the cluster has {cpus:g}: lower --num-actors, --cpus-per-actor or --read-cpus "
+            f"(they are Ray's logical CPUs; --threads sets real threads)"
+        )
     threads = cfg.threads or max(1, int(round(cfg.cpus_per_actor)))
     return {"device": device, "num_actors": n, "gpus_per_actor": gpa, "cpus_per_actor": cfg.cpus_per_actor,
             "threads": threads, "cluster_cpus": cpus, "cluster_gpus": gpus}

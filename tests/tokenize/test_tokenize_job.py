@@ -217,3 +217,19 @@ def test_killed_between_tar_and_manifest_then_rerun_gives_every_sample_exactly_o
     rows = read_table(corpus, "tokens").to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(audio_keys)
     assert not list(tree.glob(".*")) and not list((corpus / "manifests" / "tokens").glob(".*"))
+
+
+def test_options_that_cannot_work_are_refused_with_a_fix(ingested, codec_a, ray_local, run_module):
+    cfg = run_module.TokenizeConfig
+    with pytest.raises(run_module.TokenizeConfigError, match="no manifests/"):
+        cfg(input=str(codec_a), codec=str(codec_a))
+    with pytest.raises(run_module.TokenizeConfigError, match="batch-seconds"):
+        cfg(input=str(ingested), codec=str(codec_a), batch_seconds=0)
+    with pytest.raises(run_module.TokenizeConfigError, match="no GPU"):
+        run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), device="cuda"))
+    # 2 actors x 1 CPU + a 1-CPU reader on a 2-CPU Ray would hang: refused up front
+    with pytest.raises(run_module.TokenizeConfigError, match="lower --num-actors"):
+        run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2))
+    rr = run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2,
+                                          cpus_per_actor=0.75, read_cpus=0.5))
+    assert rr["device"] == "cpu" and rr["num_actors"] == 2 and rr["threads"] == 1
