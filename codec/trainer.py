@@ -196,7 +196,7 @@ class CodecTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         mel = self.mel_loss(recon, wav)
         total = cfg.mel_weight * mel
-        stats["mel"] = float(mel)
+        stats["mel"] = float(mel.detach())
         if adversarial:
             with self._autocast():
                 with torch.no_grad():
@@ -204,18 +204,18 @@ class CodecTrainer:
                 fake = self.d_model(recon)
             fm = feature_matching_loss(real, fake)
             total = total + cfg.feature_weight * fm
-            stats["feature"] = float(fm)
+            stats["feature"] = float(fm.detach())
         commit = out["commit"]
         total = total + cfg.commit_weight * cfg.vq_commitment * commit
-        stats["commit"] = float(commit)
+        stats["commit"] = float(commit.detach())
         if cfg.distill_weight > 0 and "teacher" in batch:
             dl = distill_loss(out["distill"], batch["teacher"], batch["teacher_mask"])
             total = total + cfg.distill_weight * dl
-            stats["distill"] = float(dl)
+            stats["distill"] = float(dl.detach())
         total.backward()
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.codec.parameters(), cfg.grad_clip))
         self.opt_g.step()
-        stats["loss"] = float(total)
+        stats["loss"] = float(total.detach())
         stats["lr"] = cfg.lr * factor
         self._window_codes += torch.bincount(
             out["codes"].reshape(-1).cpu(), minlength=cfg.semantic_codebook_size
