@@ -214,10 +214,8 @@ def test_generate_writes_a_wav_whose_length_matches_its_frames(full_run, codec_d
     )
 
 
-@pytest.mark.skipif(
-    os.environ.get("VOXFORGE_RAY_TESTS") != "1",
-    reason="Ray Train test is opt-in (VOXFORGE_RAY_TESTS=1): ~1-2 min on 2 shared cores",
-)
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("VOXFORGE_SKIP_RAY") == "1", reason="VOXFORGE_SKIP_RAY=1")
 def test_ray_train_two_workers(token_dir, tmp_path):
     out = tmp_path / "ray"
     cmd = [
