@@ -216,3 +216,18 @@ def test_cli_overrides_reach_the_configs():
     assert spec.train.data.seq_len == spec.model.max_seq_len
     with pytest.raises(ConfigError, match="no field 'foo'"):
         specs_from_args(build_parser().parse_args(["--tokens", "t", "--output", "o", "--set", "model.foo=1"]))
+
+
+def test_semantic_sampling_filters():
+    from model.synthesis import SamplingConfig, sample_logits
+
+    logits = torch.tensor([[0.0, 3.0, 2.5, -1.0, 1.0]])
+    g = torch.Generator().manual_seed(0)
+    draw = lambda cfg: {int(sample_logits(logits, cfg, g)) for _ in range(200)}  # noqa: E731
+    assert draw(SamplingConfig(temperature=0)) == {1}
+    assert draw(SamplingConfig(temperature=1.0, top_k=1, top_p=1.0)) == {1}
+    assert draw(SamplingConfig(temperature=1.0, top_k=2, top_p=1.0)) == {1, 2}
+    # p(1) = 0.55, p(2) = 0.34: top_p 0.5 keeps only the first, 0.8 the first two.
+    assert draw(SamplingConfig(temperature=1.0, top_p=0.5)) == {1}
+    assert draw(SamplingConfig(temperature=1.0, top_p=0.8)) == {1, 2}
+    assert len(draw(SamplingConfig(temperature=1.0, top_p=1.0))) >= 4
