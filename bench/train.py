@@ -2,6 +2,7 @@
 
     python bench/train.py --config tiny                      # CPU
     python bench/train.py --config 1b --device cuda          # GPU, bf16 autocast
+    python bench/train.py --config 1b --device cuda --attention flex --compile
     python bench/train.py --config tiny --tokens OUT/shards/tokens/CODEC_ID   # packed real token shards
 
 Batches are packed rows like training's. Without --tokens they are made of random tokens with
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import random
 import sys
@@ -83,6 +85,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--attention", choices=["sdpa", "flex"], default="sdpa", help="packed-row attention kernel"
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--tokens", default="", help="use real packed token shards instead of synthetic rows")
     p.add_argument("--peak-tflops", type=float, default=0.0)
@@ -93,7 +98,7 @@ def main() -> int:
     dev = torch.device(
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    mcfg = ModelConfig.named(args.config)
+    mcfg = dataclasses.replace(ModelConfig.named(args.config), attention=args.attention)
     bs = args.batch_size or (4 if args.config == "tiny" else 2)
     dcfg = DataConfig(seq_len=args.seq_len or mcfg.max_seq_len, batch_size=bs)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and dev.type == "cuda")
@@ -143,6 +148,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "precision": "bf16" if bf16 else "fp32",
         "compile": args.compile,
+        "attention": args.attention,
         "seq_len": dcfg.seq_len,
         "batch_size": bs,
         "data": "real" if args.tokens else "synthetic",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from model.config import ModelConfig
 
@@ -81,7 +82,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | BlockMask | None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
@@ -95,7 +96,9 @@ class Attention(nn.Module):
                 k = torch.cat([cache.keys[layer], k], dim=2)
                 v = torch.cat([cache.values[layer], v], dim=2)
             cache.keys[layer], cache.values[layer] = k, v
-        if mask is None:
+        if isinstance(mask, BlockMask):
+            out = _flex_attention(q.device)(q, k, v, block_mask=mask, enable_gqa=True)
+        elif mask is None:
             # Causal without a mask tensor lets SDPA pick the flash kernel. With a cache and one new
             # query the query attends to everything, which is_causal would get wrong.
             causal = cache is None or length > 1
@@ -138,6 +141,29 @@ class TransformerBlock(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+_FLEX_COMPILED = None
+
+
+def _flex_attention(device: torch.device):
+    """FlexAttention, compiled on CUDA (the fused kernel); eager elsewhere (correct, slow)."""
+    global _FLEX_COMPILED
+    if device.type != "cuda":
+        return flex_attention
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED
+
+
+def packed_block_mask(doc_ids: torch.Tensor) -> BlockMask:
+    """doc_ids [B, L] -> FlexAttention BlockMask of the same block-diagonal causal pattern."""
+    b, length = doc_ids.shape
+
+    def mask_mod(bi, h, qi, ki):
+        return (doc_ids[bi, qi] == doc_ids[bi, ki]) & (qi >= ki)
+
+    return create_block_mask(mask_mod, b, None, length, length, device=doc_ids.device)
+
+
 def packed_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     """doc_ids [B, L] (-1 = padding) -> bool mask [B, 1, L, L], True where query i may attend key j.
 
@@ -169,7 +195,12 @@ class Backbone(nn.Module):
         """x [B, L, D]; positions [B, L] (restart per document); doc_ids [B, L] for packed rows or None
         (one causal document per row). With ``cache``, x holds only the new positions."""
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = None if doc_ids is None else packed_causal_mask(doc_ids)
+        if doc_ids is None:
+            mask = None
+        elif self.cfg.attention == "flex" and cache is None:
+            mask = packed_block_mask(doc_ids)
+        else:
+            mask = packed_causal_mask(doc_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i)
         return self.norm(x)

@@ -42,6 +42,9 @@ class ModelConfig:
     ffn_dim: int = 256  # SwiGLU hidden width
     norm_eps: float = 1e-5
     rope_theta: float = 10_000.0
+    # Packed-row attention: "sdpa" (dense boolean block-diagonal mask; runs everywhere) or "flex"
+    # (FlexAttention block mask: skips cross-document blocks; compiled on CUDA, slow eager on CPU).
+    attention: str = "sdpa"
     max_seq_len: int = 1024  # longest packed row the model is trained on (positions restart per document)
     text_vocab_size: int = (
         256  # 256 = byte-level tokenizer; a pretrained tokenizer's size when initialised from HF
@@ -83,6 +86,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ConfigError(f"ModelConfig({self.name}): cfg_dropout={self.cfg_dropout} must be in [0, 1)")
+        if self.attention not in ("sdpa", "flex"):
+            raise ConfigError(f"ModelConfig({self.name}): attention={self.attention!r}; use 'sdpa' or 'flex'")
         if self.fm_time_sampling not in ("logit_normal", "uniform"):
             raise ConfigError(
                 f"ModelConfig({self.name}): fm_time_sampling={self.fm_time_sampling!r}; use 'logit_normal' or 'uniform'"

@@ -231,3 +231,20 @@ def test_semantic_sampling_filters():
     assert draw(SamplingConfig(temperature=1.0, top_p=0.5)) == {1}
     assert draw(SamplingConfig(temperature=1.0, top_p=0.8)) == {1, 2}
     assert len(draw(SamplingConfig(temperature=1.0, top_p=1.0))) >= 4
+
+
+def test_flex_attention_matches_the_sdpa_mask(sequences):
+    import dataclasses
+
+    b, samples = sequences
+    torch.manual_seed(0)
+    sdpa = TTSModel(ModelConfig.tiny()).eval()
+    flex = TTSModel(dataclasses.replace(ModelConfig.tiny(), attention="flex")).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    row = collate_rows(
+        [[b.build(samples[4], Prompt.none()), b.build(samples[5], Prompt.none())]], 128, b.sp.pad
+    )
+    with torch.no_grad():
+        h_sdpa, h_flex = _hidden(sdpa, row), _hidden(flex, row)
+    real = row["doc_ids"] >= 0
+    torch.testing.assert_close(h_flex[real], h_sdpa[real], atol=1e-5, rtol=1e-5)
