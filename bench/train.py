@@ -159,7 +159,7 @@ def main() -> int:
         "peak_tflops": round(peak, 4),
         "peak_source": peak_src,
         "mfu": round(achieved / peak, 4),
-        "last_loss": round(float(out["loss"]), 4),
+        "last_loss": round(float(out["loss"].detach()), 4),
         "padding": round(1 - tokens / (len(batches[args.warmup :]) * bs * dcfg.seq_len), 4),
     }
     if dev.type == "cuda":

@@ -197,7 +197,8 @@ class Backbone(nn.Module):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         if doc_ids is None:
             mask = None
-        elif self.cfg.attention == "flex" and cache is None:
+        elif self.cfg.attention == "flex" and cache is None and (x.is_cuda or not torch.is_grad_enabled()):
+            # FlexAttention has no CPU backward: CPU training falls back to the (equal) dense mask.
             mask = packed_block_mask(doc_ids)
         else:
             mask = packed_causal_mask(doc_ids)

@@ -43,7 +43,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10_000.0
     # Packed-row attention: "sdpa" (dense boolean block-diagonal mask; runs everywhere) or "flex"
-    # (FlexAttention block mask: skips cross-document blocks; compiled on CUDA, slow eager on CPU).
+    # (FlexAttention block mask: skips cross-document blocks; compiled on CUDA; on CPU only without
+    # gradients -- CPU training uses the dense mask, which gives the same numbers).
     attention: str = "sdpa"
     max_seq_len: int = 1024  # longest packed row the model is trained on (positions restart per document)
     text_vocab_size: int = (
