@@ -191,10 +191,12 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     items = [{"shard": s, "path": p} for s, p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # One task per shard; a generator, so the shard's batches stream out as they are decoded.
-    # SPREAD: decoding is spread over the nodes. Given through ray_remote_args_fn, which also
-    # keeps Ray Data from fusing the reader into the encoder actors (it would stall the GPU).
+    # A reader holds one decoded batch (int16) plus the shard's index; reserving that memory
+    # also makes its remote args differ from the encoder's, so Ray Data does not fuse the
+    # reader into the encoder actors (decoding there would stall the GPU).
+    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + 64 * 2**20)
     ds = ds.map_batches(read_stage, fn_kwargs={"config": bcfg}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=cfg.read_cpus, ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD"})
+                        num_cpus=cfg.read_cpus, memory=read_memory)
     ds = ds.map_batches(
         EncodeStage,
         fn_constructor_kwargs={"config": ecfg, "expected_codec_id": info.codec_id},
