@@ -233,6 +233,8 @@ def test_semantic_sampling_filters():
     assert len(draw(SamplingConfig(temperature=1.0, top_p=1.0))) >= 4
 
 
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*")
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_flex_attention_matches_the_sdpa_mask(sequences):
     import dataclasses
 
