@@ -191,10 +191,11 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     items = [{"shard": s, "path": p} for s, p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # One task per shard; a generator, so the shard's batches stream out as they are decoded.
-    # A reader holds one decoded batch (int16) plus the shard's index; reserving that memory
-    # also makes its remote args differ from the encoder's, so Ray Data does not fuse the
-    # reader into the encoder actors (decoding there would stall the GPU).
-    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + 64 * 2**20)
+    # A reader process holds a few decoded batches (int16) on top of ~400 MiB of imports
+    # (the codec package brings torch). Reserving that memory also makes its remote args
+    # differ from the encoder's, so Ray Data does not fuse the reader into the encoder
+    # actors (decoding there would stall the GPU).
+    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + 448 * 2**20)
     ds = ds.map_batches(read_stage, fn_kwargs={"config": bcfg}, batch_size=1, batch_format="pyarrow",
                         num_cpus=cfg.read_cpus, memory=read_memory)
     ds = ds.map_batches(
