@@ -153,7 +153,7 @@ def main() -> int:
     ap.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs per encoder actor")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="Ray CPUs per reader task")
     ap.add_argument("--batch-seconds", type=float, default=60.0)
-    ap.add_argument("--batches-per-call", type=int, default=4)
+    ap.add_argument("--batches-per-call", type=int, default=None)
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -61,7 +61,8 @@ class TokenizeConfig:
     batch_seconds: float = 120.0  # padded audio per encoder batch
     max_batch_items: int = 256  # utterances per encoder batch at most
     max_padding: float = 0.25  # fraction of an utterance that padding may add, at most
-    batches_per_call: int = 4  # encoder batches per actor call (CUDA copies overlap inside a call)
+    batches_per_call: int | None = None  # encoder batches per actor call; default 4 on cuda (copies
+    # overlap compute inside a call), 1 on cpu (nothing to overlap; a batch goes out as soon as read)
     device: str = "auto"  # auto (cuda if the cluster has GPUs) | cpu | cuda
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
     num_actors: int | None = None  # encoder actors; default: GPUs / gpus_per_actor, or 1 on CPU
@@ -88,7 +89,7 @@ class TokenizeConfig:
             raise TokenizeConfigError(f"--batch-seconds must be > 0, got {self.batch_seconds}")
         if not 0 <= self.max_padding < 1:
             raise TokenizeConfigError(f"--max-padding must be in [0, 1), got {self.max_padding}")
-        if self.max_batch_items < 1 or self.batches_per_call < 1:
+        if self.max_batch_items < 1 or (self.batches_per_call is not None and self.batches_per_call < 1):
             raise TokenizeConfigError("--max-batch-items and --batches-per-call must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise TokenizeConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
@@ -172,7 +173,8 @@ def resolve_resources(cfg: TokenizeConfig) -> dict:
         )
     threads = cfg.threads or max(1, int(round(cfg.cpus_per_actor)))
     return {"device": device, "num_actors": n, "gpus_per_actor": gpa, "cpus_per_actor": cfg.cpus_per_actor,
-            "threads": threads, "cluster_cpus": cpus, "cluster_gpus": gpus}
+            "threads": threads, "cluster_cpus": cpus, "cluster_gpus": gpus,
+            "batches_per_call": cfg.batches_per_call or (4 if device == "cuda" else 1)}
 
 
 def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: dict):
@@ -201,7 +203,7 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     ds = ds.map_batches(
         EncodeStage,
         fn_constructor_kwargs={"config": ecfg, "expected_codec_id": info.codec_id},
-        batch_size=cfg.batches_per_call,
+        batch_size=rr["batches_per_call"],
         batch_format="pyarrow",
         num_gpus=rr["gpus_per_actor"] if rr["device"] == "cuda" else 0,
         num_cpus=cfg.cpus_per_actor,
@@ -230,7 +232,8 @@ def local_resources(cfg: TokenizeConfig) -> dict:
         raise TokenizeConfigError("--device cuda but torch sees no CUDA device; use --device cpu")
     threads = cfg.threads or max(1, int(round(cfg.cpus_per_actor)))
     return {"device": device, "num_actors": 1, "gpus_per_actor": 1.0 if device == "cuda" else 0.0,
-            "cpus_per_actor": cfg.cpus_per_actor, "threads": threads, "engine": "local"}
+            "cpus_per_actor": cfg.cpus_per_actor, "threads": threads, "engine": "local",
+            "batches_per_call": cfg.batches_per_call or (4 if device == "cuda" else 1)}
 
 
 def local_token_batches(cfg: TokenizeConfig, todo, info, rr: dict):
@@ -254,7 +257,7 @@ def local_token_batches(cfg: TokenizeConfig, todo, info, rr: dict):
                                      precision=cfg.precision, threads=rr["threads"] if rr["device"] == "cpu" else None))
     if enc.codec_id != info.codec_id:
         raise TokenizeConfigError(f"codec loads as {enc.codec_id}, expected {info.codec_id}")
-    q: queue.Queue = queue.Queue(maxsize=2 * cfg.batches_per_call)
+    q: queue.Queue = queue.Queue(maxsize=2 * rr["batches_per_call"])
     stop = threading.Event()
     done = object()
 
@@ -290,7 +293,7 @@ def local_token_batches(cfg: TokenizeConfig, todo, info, rr: dict):
             if isinstance(item, BaseException):
                 raise item
             buf.append(item)
-            if len(buf) >= cfg.batches_per_call:
+            if len(buf) >= rr["batches_per_call"]:
                 yield from enc(buf)
                 buf = []
         if buf:
@@ -517,8 +520,8 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
                     help="utterances per encoder batch at most (default %(default)s)")
     ap.add_argument("--max-padding", type=float, default=d["max_padding"].default,
                     help="largest fraction of an utterance that padding may add in a batch (default %(default)s)")
-    ap.add_argument("--batches-per-call", type=int, default=d["batches_per_call"].default,
-                    help="encoder batches handed to an actor per call (default %(default)s)")
+    ap.add_argument("--batches-per-call", type=int, default=None,
+                    help="encoder batches handed to an actor per call (default 4 on cuda, 1 on cpu)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto: cuda if the Ray cluster has GPUs (default)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
