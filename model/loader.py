@@ -4,7 +4,7 @@ The stream (``model.token_stream``) is a deterministic function of (seed, rank, 
 DataLoader hands out worker batches round-robin in a fixed order, so the position in the data is
 fully described by how many batches this rank has consumed. ``state_dict()`` saves that number;
 ``load_state_dict()`` rebuilds the stream and fast-forwards past that many batches (reading and
-packing them, no model compute), which yields exactly the batches an uninterrupted run would see.
+packing them inside the workers, no collating, no model compute), which yields exactly the batches an uninterrupted run would see.
 It also keeps running counts for the logs (padding fraction, truncated sequences).
 """
 
@@ -85,9 +85,10 @@ class ResumableLoader:
                     f"data position was saved with {k}={state[k]} but this run has {k}={mine}: exact resume "
                     "needs the same world size, loader workers and data seed (or start a new run)"
                 )
+        # The stream forms (reads, prompts, packs) the consumed batches again but skips them
+        # inside the workers, without collating or sending them.
+        self.stream.skip_batches = int(state["consumed"])
         self._it = self._make_iter()
-        for _ in range(int(state["consumed"])):
-            next(self._it)
         self.consumed = int(state["consumed"])
         self.positions = int(state.get("positions", 0))
         self.real_positions = int(state.get("real_positions", 0))

@@ -87,8 +87,10 @@ class Packer:
         self.seq_len, self.batch_size, self.pad_id, self.buffer = seq_len, batch_size, pad_id, buffer
 
     def pack(
-        self, sequences: Iterable[TTSSequence], drop_last: bool = False
+        self, sequences: Iterable[TTSSequence], drop_last: bool = False, skip: int = 0
     ) -> Iterator[dict[str, torch.Tensor]]:
+        """``skip``: the first ``skip`` batches are formed but not collated nor yielded (resume)."""
+        emitted = 0
         open_rows: list[list[TTSSequence]] = []
         used: list[int] = []
         ready: list[list[TTSSequence]] = []
@@ -108,9 +110,13 @@ class Packer:
                 ready.append(open_rows.pop(i))
                 used.pop(i)
             while len(ready) >= self.batch_size:
-                yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+                if emitted >= skip:
+                    yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+                emitted += 1
                 ready = ready[self.batch_size :]
         ready.extend(open_rows)
         while ready and (len(ready) >= self.batch_size or not drop_last):
-            yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+            if emitted >= skip:
+                yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+            emitted += 1
             ready = ready[self.batch_size :]

@@ -180,9 +180,15 @@ class PackedTokenStream(IterableDataset):
     # (worker id, number of workers) when iterated outside a DataLoader worker, e.g. in tests.
     worker_override: tuple[int, int] | None = None
 
-    def _consumer(self) -> tuple[int, int, int]:
+    def _worker(self) -> tuple[int, int]:
+        """(role, number of workers). The DataLoader asks worker 0 first, but after skipping
+        ``skip_batches`` the next batch belongs to worker ``skip_batches % nw``: rotate the roles."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (self.worker_override or (0, 1))
+        return (wid + self.skip_batches) % nw, nw
+
+    def _consumer(self) -> tuple[int, int, int]:
+        wid, nw = self._worker()
         return self.rank * nw + wid, self.world_size * nw, wid
 
     def samples(self, epoch: int) -> Iterator[TokenSample]:
@@ -238,7 +244,13 @@ class PackedTokenStream(IterableDataset):
             if not self.infinite:
                 return
 
+    # Batches of this rank already consumed (resume): each worker skips its share without collating.
+    skip_batches: int = 0
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         builder_pad = SequenceBuilder(self.tokenizer, self.cfg).sp.pad
         packer = Packer(self.cfg.seq_len, self.cfg.batch_size, builder_pad, self.cfg.pack_buffer)
-        yield from packer.pack(self.sequences(), drop_last=False)
+        wid, nw = self._worker()
+        # The DataLoader takes batch i from worker i % nw (in order), so worker w made these many.
+        skip = self.skip_batches // nw + (1 if wid < self.skip_batches % nw else 0)
+        yield from packer.pack(self.sequences(), drop_last=False, skip=skip)

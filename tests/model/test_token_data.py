@@ -137,3 +137,31 @@ def test_shuffle_changes_with_epoch_and_is_reproducible(token_dir):
     assert _keys(st, 0) == _keys(st, 0)
     assert sorted(_keys(st, 0)) == sorted(_keys(st, 1))
     assert any(_keys(st, e) != _keys(st, 0) for e in range(1, 5))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_resume_skips_to_the_same_batches(token_dir, workers):
+    import torch
+
+    from model.loader import ResumableLoader
+
+    train, _ = split_train_eval(list_shards(token_dir), 1)
+    cfg = DataConfig(seq_len=256, batch_size=1, shuffle_buffer=4, pack_buffer=2)
+
+    def loader():
+        return ResumableLoader(PackedTokenStream(train, ByteTokenizer(), cfg), num_workers=workers)
+
+    first = loader()
+    batches = [next(first) for _ in range(8)]
+    state = first.state_dict()
+    assert state["consumed"] == 8
+    later = [next(first) for _ in range(3)]
+    for n in (3, 8):  # an odd count exercises the per-worker share of the skip
+        resumed = loader()
+        resumed.load_state_dict({**state, "consumed": n})
+        want = (batches + later)[n : n + 3]
+        for a, b in zip(want, [next(resumed) for _ in range(3)]):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+        assert resumed.consumed == n + 3
