@@ -26,7 +26,7 @@ from codec.batching import (
     plan_batches,
 )
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads on a busy 2-core machine spin and crawl
 
 
 # ---------------------------------------------------------------------------- bucketing
