@@ -203,6 +203,14 @@ def main() -> int:
                              cpus_per_actor=args.cpus_per_actor, read_cpus=args.read_cpus)
     st = run.run(cfg)
     job = st["audio_seconds_per_second"]
+    # The machine may be shared: time the naive loop again after the job and keep its best,
+    # so that a slow moment does not flatter the job.
+    torch.set_num_threads(nt or default_threads)
+    codec = Codec.load(args.codec).to(args.device).eval()
+    audio2, wall2, _ = naive_loop(out, codec, args.device, precision)
+    del codec
+    print(f"naive loop again after the job: {audio2 / wall2:.1f} s/s; ratios below use the best of the two")
+    naive = max(naive, audio2 / wall2)
     enc = st["audio_seconds"] / st["encode_seconds"] if st["encode_seconds"] else 0.0
     actors = cfg.resolved.get("num_actors", 1)
     print(run.format_summary(st))
