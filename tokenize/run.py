@@ -328,6 +328,25 @@ def _fault_hook():
     return hit
 
 
+def _lock_codec_tree(out: str, codec_id: str):
+    """An exclusive lock per (output, codec): a second job would delete the first one's
+    written-but-not-yet-committed tar at start-up. The OS drops it when the process dies."""
+    import fcntl
+
+    d = Path(out) / "shards" / "tokens"
+    d.mkdir(parents=True, exist_ok=True)
+    f = open(d / f".{codec_id}.lock", "a+")  # noqa: SIM115 - kept open for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        raise TokenizeConfigError(
+            f"another tokenize job with codec {codec_id} is running on {out} (lock {d / f'.{codec_id}.lock'}); "
+            f"wait for it to finish, or give this one another --input"
+        ) from e
+    return f
+
+
 def committed_audio_shards(out: str) -> list[tuple[str, str]]:
     """(shard, absolute tar path) of every committed audio shard, by shard name."""
     from manifests.store import read_table
@@ -429,6 +448,7 @@ def run(cfg: TokenizeConfig) -> dict:
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     out = cfg.input
     stats = Stats()
+    lock = _lock_codec_tree(out, info.codec_id)  # held until this process exits (even if killed)
     removed = clean_uncommitted(out, info.codec_id)
     stats.uncommitted_removed = len(removed)
     for p in removed:
@@ -505,6 +525,7 @@ def run(cfg: TokenizeConfig) -> dict:
     result = stats.finish(rr)
     run_row.update(finished=datetime.now(UTC), stats=json.dumps(result), config=cfg.to_json())
     write_part(out, "runs", f"tokenize-{run_id}", [run_row])
+    lock.close()
     return result
 
 

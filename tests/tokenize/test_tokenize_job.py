@@ -233,3 +233,13 @@ def test_options_that_cannot_work_are_refused_with_a_fix(ingested, codec_a, ray_
     rr = run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2,
                                           cpus_per_actor=0.75, read_cpus=0.5))
     assert rr["device"] == "cpu" and rr["num_actors"] == 2 and rr["threads"] == 1
+
+
+def test_a_second_job_on_the_same_output_and_codec_is_refused(corpus, codec_a, run_module):
+    lock = run_module._lock_codec_tree(str(corpus), codec_info(codec_a).codec_id)
+    try:
+        with pytest.raises(run_module.TokenizeConfigError, match="another tokenize job"):
+            run_module.run(run_module.TokenizeConfig(input=str(corpus), codec=str(codec_a)))
+    finally:
+        lock.close()
+    run_module._lock_codec_tree(str(corpus), codec_info(codec_a).codec_id).close()  # free again
