@@ -9,7 +9,7 @@ item visit. The buffer holds *references* (shard, byte offset, size), not audio,
 position fits in a small JSON object (``state_dict()``) and a resumed run yields exactly the crops an
 uninterrupted run would have yielded. Every random choice comes from a seeded generator in the state.
 
-Multi-GPU: rank r of w reads shards r, r+w, ... of each epoch's order (or, with fewer shards than
+Multi-GPU: rank r of w reads shards r, r+w, ... (in its own shuffled order each epoch) (or, with fewer shards than
 ranks, items r, r+w, ... of the stream).
 """
 
@@ -140,10 +140,11 @@ class AudioCropStream:
 
     # ---- reading ----
     def _order(self) -> list[int]:
+        # A fixed partition of the shards across ranks (disjoint in every epoch), shuffled per epoch.
         order = list(range(len(self.containers)))
-        random.Random(f"{self.seed}-order-{self.epoch}").shuffle(order)
         if len(order) >= self.world_size:
             order = order[self.rank :: self.world_size]
+        random.Random(f"{self.seed}-order-{self.epoch}-{self.rank}").shuffle(order)
         return order
 
     def _refs(self, ci: int) -> Iterator[tuple[list, int]]:

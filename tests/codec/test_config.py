@@ -54,7 +54,9 @@ def test_json_round_trip():
     ],
 )
 def test_validation_says_how_to_fix(bad, words):
-    with pytest.raises(CodecConfigError, match=words.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+    with pytest.raises(
+        CodecConfigError, match=words.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")
+    ):
         CodecConfig.tiny(**bad)
 
 
