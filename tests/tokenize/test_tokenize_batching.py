@@ -240,3 +240,31 @@ def test_empty_batch_passes_failures_through(tiny_codec):
                    failures=[SampleFailure(key="k", position=0, error="cannot decode FLAC: x")])
     t = TokenEncoder(codec=tiny_codec)([b])[0]
     assert t.keys == [] and t.failures[0].key == "k"
+
+
+def test_an_unreadable_shard_becomes_one_batch_with_the_error(tmp_path):
+    import pyarrow as pa
+
+    from codec.batching import read_stage
+
+    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 40)
+    table = pa.table({"shard": ["000001", "000002"], "path": [str(tmp_path / "missing.tar"), str(tmp_path / "junk.tar")]})
+    rows = [AudioBatch.from_row(t.to_pylist()[0]) for t in read_stage(table, BatchingConfig())]
+    assert [(b.shard, b.n_batches) for b in rows] == [("000001", 1), ("000002", 1)]
+    assert "missing.tar" in rows[0].shard_error and "file not found" in rows[0].shard_error
+    assert "not a readable tar" in rows[1].shard_error
+
+
+def test_the_entry_script_runs_as_a_file_without_shadowing_the_stdlib(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    p = subprocess.run([sys.executable, str(REPO / "tokenize" / "run.py"), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "--batch-seconds" in p.stdout and "--gpus-per-actor" in p.stdout, p.stderr
+    p = subprocess.run([sys.executable, str(REPO / "tokenize" / "run.py"), "--input", str(tmp_path),
+                        "--codec", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no manifests/ directory" in p.stderr
+    assert not (REPO / "tokenize" / "__init__.py").exists()
