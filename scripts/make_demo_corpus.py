@@ -26,11 +26,11 @@ SENTENCES = [
     "Four hours of steady work faced us. A large size in stockings is hard to sell.",
 ]
 DIALOGUE = [
-    ("en-us", "Good morning. Did you finish the report for the meeting today?"),
-    ("en-gb+f3", "Almost. I still need to check the numbers in the last table."),
-    ("en-us", "Fine. Send it to me before noon, and I will read it over lunch."),
-    ("en-gb+f3", "I will. Should I also include the notes from last week?"),
-    ("en-us", "Yes please, that would help the others who missed it."),
+    ("en-us+m3", "Good morning. Did you finish the report for the meeting today?"),
+    ("en-us+f4", "Almost. I still need to check the numbers in the last table."),
+    ("en-us+m3", "Fine. Send it to me before noon, and I will read it over lunch."),
+    ("en-us+f4", "I will. Should I also include the notes from last week?"),
+    ("en-us+m3", "Yes please, that would help the others who missed it."),
 ]
 
 
