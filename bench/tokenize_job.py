@@ -37,7 +37,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(1, str(REPO))
+# Run as a file, bench/ is sys.path[0]: swap it for the repo root, so that a sibling script
+# (bench/codec.py, bench/ingest.py...) cannot shadow a package of the project.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO)
+else:
+    sys.path.insert(1, str(REPO))
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
 
 import numpy as np  # noqa: E402
@@ -160,13 +165,22 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    import shutil
+
     import torch
 
+    tmp = Path(tempfile.mkdtemp(prefix="bench_tokenize_"))
+    try:
+        return _bench(args, tmp, torch)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # corpus, codec and token outputs of this run
+
+
+def _bench(args, tmp: Path, torch) -> int:
     from codec import Codec, CodecConfig
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_tokenize_"))
     if args.codec is None:
         torch.manual_seed(0)
         args.codec = str(Codec(CodecConfig.from_name(args.codec_config)).save(tmp / "codec"))
@@ -180,7 +194,7 @@ def main() -> int:
         t = time.perf_counter()
         secs = make_corpus(out, args.minutes, args.shard_samples)
         print(f"corpus: {secs:.1f} s of real speech in {len(list((out / 'shards/audio').glob('*.tar')))} shards "
-              f"(made in {time.perf_counter() - t:.1f} s) at {out}")
+              f"(made in {time.perf_counter() - t:.1f} s)")
     else:
         out = Path(args.input)
     precision = args.precision if args.precision != "auto" else ("bf16" if args.device == "cuda" else "fp32")

@@ -407,9 +407,10 @@ class Stats:
         d["audio_seconds_per_second_per_gpu"] = d["audio_seconds_per_second"] / n_gpus if n_gpus else None
         d["padding_ratio"] = self.padded_seconds / self.audio_seconds if self.audio_seconds else None
         steady = self.wall_seconds - (self.first_commit_seconds or 0.0)
+        # Only meaningful when shards kept coming after the first one (not all in one burst at the end).
         d["steady_audio_seconds_per_second"] = (
             (self.audio_seconds - self.first_commit_audio_seconds) / steady
-            if self.shards_done > 1 and steady > 0 else None
+            if self.shards_done > 2 and steady >= max(2.0, 0.1 * self.wall_seconds) else None
         )
         actors = rr.get("num_actors", 0)
         d["encoder_busy_fraction"] = self.encode_seconds / (wall * actors) if actors and self.wall_seconds else None
