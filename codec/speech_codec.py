@@ -223,7 +223,7 @@ class Codec(nn.Module):
         """Training pass. wav [B, 1, N] (N a multiple of 1920) -> dict with
 
         wav [B, 1, N] reconstruction, commit (VQ commitment MSE), codes [B, T], distill [B, T, 384]
-        (teacher prediction from the semantic stream). In training mode each item independently
+        (teacher prediction from the semantic stream; None when distill_weight is 0). In training mode each item independently
         uses VQ with p_vq and FSQ quantize / dither / none with p_fsq / p_fsq_dither / rest.
         """
         cfg = self.config
@@ -245,7 +245,8 @@ class Codec(nn.Module):
             "wav": recon,
             "commit": v["commit"],
             "codes": v["codes"],
-            "distill": self.distill_head(v["out"]),
+            # Only when distilling: an output that gets no gradient would stall DDP.
+            "distill": self.distill_head(v["out"]) if cfg.distill_weight > 0 else None,
         }
 
 

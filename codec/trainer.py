@@ -103,6 +103,7 @@ class CodecTrainer:
                 self.codec,
                 device_ids=ids,
                 broadcast_buffers=False,
+                # Without distillation the distill head gets no gradient.
                 find_unused_parameters=cfg.distill_weight == 0,
             )
             self.d_model = DDP(self.disc, device_ids=ids, broadcast_buffers=False)
@@ -199,9 +200,12 @@ class CodecTrainer:
         stats["mel"] = float(mel.detach())
         if adversarial:
             with self._autocast():
+                # The unwrapped discriminator: the generator step only needs gradients w.r.t. recon
+                # (the disc's own gradients here are discarded), and under DDP the unused logit
+                # layer would stall the gradient all-reduce.
                 with torch.no_grad():
-                    real = self.d_model(wav)
-                fake = self.d_model(recon)
+                    real = self.disc(wav)
+                fake = self.disc(recon)
             fm = feature_matching_loss(real, fake)
             total = total + cfg.feature_weight * fm
             stats["feature"] = float(fm.detach())
