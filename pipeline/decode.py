@@ -69,8 +69,7 @@ class _Growable:
 class _Streams:
     """Two resampling streams (original rate -> 16 kHz and 24 kHz) and checks on the way."""
 
-    def __init__(self, sr: int, rate16: int, rate24: int, path: str, expected_frames: int = 0):
-        self.path = path
+    def __init__(self, sr: int, rate16: int, rate24: int, expected_frames: int = 0):
         self.r16 = soxr.ResampleStream(sr, rate16, 1, dtype="float32", quality="HQ") if sr != rate16 else None
         self.r24 = soxr.ResampleStream(sr, rate24, 1, dtype="float32", quality="HQ") if sr != rate24 else None
         margin = 4096
@@ -171,7 +170,7 @@ class Decoder:
             codec = f"{f.format}/{f.subtype}"
             if declared is not None and declared[1] < declared[0]:
                 raise Truncated(path, f"WAV data chunk declares {declared[0]} bytes but only {declared[1]} are present")
-            streams = _Streams(sr, self.analysis_rate, self.output_rate, path, f.frames)
+            streams = _Streams(sr, self.analysis_rate, self.output_rate, f.frames)
             block = max(1, int(BLOCK_SECONDS * sr))
             expected = f.frames
             # f.read, not f.blocks: for MP3 the header's frame count is an estimate and blocks()
@@ -191,7 +190,7 @@ class Decoder:
         md = dec.metadata
         sr, ch = int(md.sample_rate), int(md.num_channels or 1)
         est = int((md.duration_seconds_from_header or 0) * sr)
-        streams = _Streams(sr, self.analysis_rate, self.output_rate, path, est)
+        streams = _Streams(sr, self.analysis_rate, self.output_rate, est)
         # Read in time windows so long files stream; the last window runs to the end of stream.
         t = 0.0
         while True:

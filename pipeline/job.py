@@ -115,8 +115,7 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
     write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
 
     # skip the cheap way first: a path whose committed row has the same size is not even hashed
-    known = _known_paths(cfg.output)
-    todo = [p for p in paths if not _unchanged(p, known)]
+    todo = [p for p in paths if not _unchanged(p, writer.committed_sizes)]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     progress = Progress(len(todo))
@@ -150,14 +149,6 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
     write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
     log.info(progress.line())
     return stats
-
-
-def _known_paths(out) -> dict[str, int | None]:
-    """path -> committed size (None: the file could not be read then)."""
-    from manifests.store import read_table
-
-    t = read_table(out, "sources", columns=["path", "bytes"])
-    return dict(zip(t["path"].to_pylist(), t["bytes"].to_pylist()))
 
 
 def _unchanged(path: str, known: dict[str, int | None]) -> bool:

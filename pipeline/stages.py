@@ -145,7 +145,6 @@ class Transcribe(_Stage):
         r = cfg.resources["transcribe"]
         self.transcriber = Transcriber(cfg.asr_model, cfg.asr_device, cfg.asr_compute_type, cfg.asr_batch_size,
                                        cfg.asr_beam_size, cfg.language, cfg.align_model, r.threads)
-        self.max_chunk = cfg.max_duration
 
     def process(self, row: dict) -> None:
         row["transcript"] = self.transcriber(row["audio16"], self._windows(row))

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from manifests.store import _fsync_dir, list_parts, read_table, remove_temporaries, table_dir, write_part
+from manifests.store import _fsync_dir, read_table, remove_temporaries, table_dir, write_part
 
 PART_RE = re.compile(r"^(\d{6})\.(tar|parquet)$")
 
@@ -43,7 +43,7 @@ class ShardWriter:
         self.run_id = run_id
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.recovered = self.recover()
-        self.committed_ids = self._committed_source_ids()
+        self.committed_ids, self.committed_sizes = self._committed_sources()
         self.next_index = self._next_index()
         self._reset()
 
@@ -67,10 +67,11 @@ class ShardWriter:
                 removed.add(i)
         return len(removed)
 
-    def _committed_source_ids(self) -> dict[str, str]:
-        t = read_table(self.out, "sources", columns=["source_id", "path", "status"])
-        return {sid: path for sid, path, st in zip(t["source_id"].to_pylist(), t["path"].to_pylist(),
-                                                   t["status"].to_pylist()) if sid}
+    def _committed_sources(self) -> tuple[dict[str, str], dict[str, int | None]]:
+        """(source_id -> path, path -> size in bytes; None where the file could not be read)."""
+        t = read_table(self.out, "sources", columns=["source_id", "path", "bytes"])
+        sids, paths, sizes = t["source_id"].to_pylist(), t["path"].to_pylist(), t["bytes"].to_pylist()
+        return {s: p for s, p in zip(sids, paths) if s}, dict(zip(paths, sizes))
 
     def _next_index(self) -> int:
         idx = self._part_indices(table_dir(self.out, "sources")) | self._part_indices(self.audio_dir)
@@ -108,15 +109,13 @@ class ShardWriter:
         """Queue one source with all its segments. Returns False for a duplicate (same bytes as
         a source already committed or queued), which is recorded as rejected, its segments not written."""
         sid = source_row.get("source_id")
-        if sid and sid in self.committed_ids and source_row["status"] == "ok":
+        ok = not (sid and sid in self.committed_ids and source_row["status"] == "ok")
+        if not ok:
             source_row = {**source_row, "status": "rejected",
                           "error": f"duplicate: {source_row['path']}: same content as {self.committed_ids[sid]} (source_id {sid})",
                           "n_segments": 0, "n_kept": 0, "kept_duration": 0.0}
             segment_rows, samples = [], []
-            ok = False
-        else:
-            ok = True
-        if sid and source_row["status"] == "ok":
+        elif sid and source_row["status"] == "ok":
             self.committed_ids[sid] = source_row["path"]
         for s in samples:
             if self.tar is None:
@@ -191,6 +190,3 @@ class _HashingFile:
     def close(self) -> None:  # tarfile does not own the file
         pass
 
-
-def committed_parts(out: str | os.PathLike) -> list[Path]:
-    return list_parts(out, "sources")

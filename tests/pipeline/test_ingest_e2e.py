@@ -19,6 +19,7 @@ import webdataset as wds
 
 from manifests.views import connect
 from pipeline.evaluation import der, load_rttm, load_uem, read_reference_text, segments_to_annotations, wer
+from pipeline.quality import DROP_REASONS
 from tests.conftest import REPO, speech_manifest
 from tests.pipeline.bad_inputs import make_bad_corpus
 
@@ -95,6 +96,7 @@ def test_dropped_segments_are_recorded_with_a_reason(ingested):
     assert n_null == 0
     reasons = dict(con.execute("SELECT drop_reason, count(*) FROM segments WHERE NOT kept GROUP BY 1").fetchall())
     assert reasons  # the AMI meetings have overlapped speech at least
+    assert set(reasons) <= set(DROP_REASONS)
     assert "overlap" in reasons
 
 
