@@ -66,6 +66,10 @@ def parse_args(argv=None) -> IngestConfig:
     g.add_argument("--asr-device", default=d.asr_device, choices=["auto", "cpu", "cuda"])
     g.add_argument("--asr-batch-size", type=int, default=d.asr_batch_size)
     g.add_argument("--asr-beam-size", type=int, default=d.asr_beam_size)
+    g.add_argument("--asr-window", type=float, default=d.asr_window,
+                   help="s of speech packed into one Whisper window, <= 30 (default %(default)s)")
+    g.add_argument("--asr-max-gap", type=float, default=d.asr_max_gap,
+                   help="pack VAD regions only across pauses shorter than this (s; default: any pause)")
     g.add_argument("--language", default=None, help="force a language (default: detect per source)")
     g.add_argument("--align-model", default=None, help="whisperx alignment model (needs a hub or local copy)")
     g = ap.add_argument_group("diarization")

@@ -106,10 +106,15 @@ class Segmenter:
                                   chunk_step=0.0, chunk_duration=0.0)
 
 
-def merge_for_asr(speech: list[tuple[float, float]], max_chunk: float = 30.0, max_gap: float = 2.0) -> list[tuple[float, float]]:
-    """Group VAD regions into ASR windows of at most ``max_chunk`` s (Whisper's context),
-    joining neighbours closer than ``max_gap`` s; a region longer than the window is cut
-    into equal parts (the utterance builder later cuts only between words)."""
+def merge_for_asr(speech: list[tuple[float, float]], max_chunk: float = 20.0,
+                  max_gap: float | None = None) -> list[tuple[float, float]]:
+    """Group VAD regions (seconds, sorted) into ASR windows of at most ``max_chunk`` s, joining
+    a region to the previous window when the window stays within ``max_chunk`` and the pause
+    between them is at most ``max_gap`` s (None: any pause, whisperx's packing). A region
+    longer than the window is cut into equal parts (the utterance builder later cuts only
+    between words)."""
+    if max_gap is None:
+        max_gap = float("inf")
     out: list[tuple[float, float]] = []
     for s, e in speech:
         if e - s > max_chunk:

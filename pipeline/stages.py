@@ -145,15 +145,15 @@ class Transcribe(_Stage):
         r = cfg.resources["transcribe"]
         self.transcriber = Transcriber(cfg.asr_model, cfg.asr_device, cfg.asr_compute_type, cfg.asr_batch_size,
                                        cfg.asr_beam_size, cfg.language, cfg.align_model, r.threads)
+        self.window, self.max_gap = cfg.asr_window, cfg.asr_max_gap
 
     def process(self, row: dict) -> None:
         row["transcript"] = self.transcriber(row["audio16"], self._windows(row))
 
-    @staticmethod
-    def _windows(row: dict) -> list[tuple[float, float]]:
+    def _windows(self, row: dict) -> list[tuple[float, float]]:
         from pipeline.segment import merge_for_asr
 
-        return merge_for_asr(row["segmentation"].speech, max_chunk=30.0)
+        return merge_for_asr(row["segmentation"].speech, max_chunk=self.window, max_gap=self.max_gap)
 
     def __call__(self, batch: Batch) -> Batch:
         """All sources of the batch share Whisper batches; if that fails, one by one (so one
