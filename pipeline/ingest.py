@@ -70,6 +70,8 @@ def parse_args(argv=None) -> IngestConfig:
                    help="s of speech packed into one Whisper window, <= 30 (default %(default)s)")
     g.add_argument("--asr-max-gap", type=float, default=d.asr_max_gap,
                    help="pack VAD regions only across pauses shorter than this (s; default: any pause)")
+    g.add_argument("--asr-sources-per-call", type=int, default=None,
+                   help="sources whose windows share Whisper batches (default: --asr-batch-size on GPU, 1 on CPU)")
     g.add_argument("--language", default=None, help="force a language (default: detect per source)")
     g.add_argument("--align-model", default=None, help="whisperx alignment model (needs a hub or local copy)")
     g = ap.add_argument_group("diarization")

@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 
+from pipeline.config import StageResources
 from pipeline.stages import batch_of, rows_of
 
 
@@ -22,13 +23,23 @@ def unpack(batch: dict) -> list[dict]:
 
 
 class RayStage:
-    """Ray Data callable class: builds the stage once per actor, maps packed batches."""
+    """Ray Data callable class: builds its stages once per actor and maps packed batches
+    through them in order (one stage, or a chain that shares an actor)."""
 
-    def __init__(self, stage_cls, *args):
-        self.stage = stage_cls(*args)
+    def __init__(self, stage_classes: tuple, *args):
+        self.stages = [cls(*args) for cls in stage_classes]
 
     def __call__(self, batch: dict) -> dict:
-        return pack(rows_of(self.stage(batch_of(unpack(batch)))))
+        b = batch_of(unpack(batch))
+        for stage in self.stages:
+            b = stage(b)
+        return pack(rows_of(b))
+
+
+def merged(*rs: StageResources) -> StageResources:
+    """Resources of an actor that runs several stages: the largest of each setting."""
+    return StageResources(num_cpus=max(r.num_cpus for r in rs), num_gpus=max(r.num_gpus for r in rs),
+                          concurrency=max(r.concurrency for r in rs), threads=max(r.threads for r in rs))
 
 
 def build_dataset(paths: list[str], cfg, done: frozenset[str]):
@@ -43,18 +54,18 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str]):
     # one block per source (up to a cap) so that sources spread over tasks and actors
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 20_000)))
 
-    def task(stage_cls, name, *args, batch_size=1):
-        r = res[name]
-        return dict(fn=RayStage, fn_constructor_args=(stage_cls, *args), batch_size=batch_size, num_cpus=r.num_cpus,
-                    num_gpus=r.num_gpus or None, compute=ActorPoolStrategy(size=r.concurrency),
+    def task(stage_classes, r: StageResources, *args, batch_size=1):
+        return dict(fn=RayStage, fn_constructor_args=(stage_classes, *args), batch_size=batch_size,
+                    num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, compute=ActorPoolStrategy(size=r.concurrency),
                     zero_copy_batch=True)
 
-    ds = ds.map_batches(**task(HashAndDecode, "decode", cfg, done))
-    ds = ds.map_batches(**task(Segment, "segment", cfg))
-    # several sources per call: short files share Whisper batches (see Transcriber.transcribe_many)
-    ds = ds.map_batches(**task(Transcribe, "transcribe", cfg, batch_size=cfg.asr_batch_size))
-    ds = ds.map_batches(**task(Diarize, "diarize", cfg))
-    ds = ds.map_batches(**task(Assemble, "assemble", cfg))
+    ds = ds.map_batches(**task((HashAndDecode,), res["decode"], cfg, done))
+    # Segment and diarize share one actor: both need pyannote, whose import alone costs ~10 s of
+    # CPU per process (lightning, torchmetrics), and the diarizer reuses the segmentation scores.
+    ds = ds.map_batches(**task((Segment, Diarize), merged(res["segment"], res["diarize"]), cfg))
+    # on a GPU several sources per call: short files share Whisper batches (Transcriber.transcribe_many)
+    ds = ds.map_batches(**task((Transcribe,), res["transcribe"], cfg, batch_size=cfg.transcribe_batch))
+    ds = ds.map_batches(**task((Assemble,), res["assemble"], cfg))
     return ds
 
 

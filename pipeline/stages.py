@@ -192,7 +192,7 @@ class Diarize(_Stage):
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech
-        if self.diarizer is None or not speech or not row["transcript"].segments:
+        if self.diarizer is None or not speech:
             row["diarization"] = None
             return
         row["diarization"] = self.diarizer(row["audio16"], row["segmentation"])
