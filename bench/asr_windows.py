@@ -1,14 +1,15 @@
 """Long-form ASR: speed and WER of the ways VAD regions can be grouped into Whisper windows.
 
-    .venv/bin/python bench/asr_windows.py [--session-seconds 120] [--policies gap2,pack30,pack20]
+    .venv/bin/python bench/asr_windows.py [--session-seconds 120] [--policies gap2,pack30,pack20,pack15,seq20]
 
 The English files of ../shared/speech that have a text ground truth transcribing all their
 speech are laid end to end
 (0.5 s apart) into sessions of about --session-seconds; each session's reference is the
 concatenation of its files' transcripts. Every session gets the pipeline's VAD once, then each
 window policy is transcribed with the pipeline's Transcriber (batched faster-whisper, word
-timestamps), and the whole session also goes through faster-whisper directly (sequential
-30 s windows, conditioned on the previous text), which is the issue's reference point.
+timestamps; ``seq20``: its sequential mode), and the whole session also goes through
+faster-whisper directly (sequential 30 s windows, conditioned on the previous text), which is
+the issue's reference point.
 Prints, per policy: windows, seconds of audio per second, WER (normalised text).
 """
 
@@ -62,6 +63,8 @@ POLICIES = {
     "pack30": lambda sp: merge_for_asr(sp, max_chunk=30.0, max_gap=None),
     "pack20": lambda sp: merge_for_asr(sp, max_chunk=20.0, max_gap=None),  # the default
     "pack15": lambda sp: merge_for_asr(sp, max_chunk=15.0, max_gap=None),
+    # the same 20 s windows decoded one at a time with timestamp tokens (--asr-mode sequential)
+    "seq20": lambda sp: merge_for_asr(sp, max_chunk=20.0, max_gap=None),
 }
 
 
@@ -81,6 +84,7 @@ def main() -> None:
     tr.transcribe_many([(data[0][0][: 16_000 * 5], [(0.0, 5.0)])])  # warm-up
     print(f"{'policy':<8} {'windows':>7} {'x real time':>11} {'WER':>7}")
     for name in args.policies.split(","):
+        tr.mode = "sequential" if name.startswith("seq") else "batched"
         windows = [POLICIES[name](sp) for sp in speech]
         t = time.perf_counter()
         out = tr.transcribe_many([(a, w) for (a, _), w in zip(data, windows)])

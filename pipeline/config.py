@@ -84,6 +84,10 @@ class IngestConfig:
     # windows cost fewer 30 s encoder passes; too full a window makes batched decoding (which has
     # no timestamp tokens to seek with) end early and drop speech. bench/asr_windows.py measured
     # 20 s as the best WER of 15/20/30 s packing and of pause-only merging, at ~2x its speed.
+    # batched: WhisperX's BatchedInferencePipeline (the default; what a GPU wants). sequential: one
+    # window at a time with timestamp tokens, which seek instead of dropping the end of a window:
+    # long-form WER 7.6 % vs 11.9 % batched on bench/asr_windows.py, no batching.
+    asr_mode: str = "batched"
     asr_window: float = 20.0
     asr_max_gap: float | None = None
     # Sources per transcribe call, whose windows share Whisper batches. None: asr_batch_size on a
@@ -138,6 +142,8 @@ class IngestConfig:
         for name in ("asr_device", "device"):
             if getattr(self, name) not in ("auto", "cpu", "cuda"):
                 raise ConfigError(f"{name} must be auto, cpu or cuda, got {getattr(self, name)!r}")
+        if self.asr_mode not in ("batched", "sequential"):
+            raise ConfigError(f"asr_mode must be 'batched' or 'sequential', got {self.asr_mode!r}")
         if not 1.0 <= self.asr_window <= 30.0:
             raise ConfigError(f"asr_window must be within [1, 30] s (Whisper's context is 30 s), got {self.asr_window}")
         if self.asr_max_gap is not None and self.asr_max_gap < 0:

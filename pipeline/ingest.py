@@ -66,6 +66,9 @@ def parse_args(argv=None) -> IngestConfig:
     g.add_argument("--asr-device", default=d.asr_device, choices=["auto", "cpu", "cuda"])
     g.add_argument("--asr-batch-size", type=int, default=d.asr_batch_size)
     g.add_argument("--asr-beam-size", type=int, default=d.asr_beam_size)
+    g.add_argument("--asr-mode", choices=["batched", "sequential"], default=d.asr_mode,
+                   help="batched (WhisperX's batched pipeline) or sequential (timestamp tokens, more "
+                        "accurate on long-form speech, no batching) (default %(default)s)")
     g.add_argument("--asr-window", type=float, default=d.asr_window,
                    help="s of speech packed into one Whisper window, <= 30 (default %(default)s)")
     g.add_argument("--asr-max-gap", type=float, default=d.asr_max_gap,

@@ -144,7 +144,7 @@ class Transcribe(_Stage):
 
         r = cfg.resources["transcribe"]
         self.transcriber = Transcriber(cfg.asr_model, cfg.asr_device, cfg.asr_compute_type, cfg.asr_batch_size,
-                                       cfg.asr_beam_size, cfg.language, cfg.align_model, r.threads)
+                                       cfg.asr_beam_size, cfg.language, cfg.align_model, r.threads, cfg.asr_mode)
         self.window, self.max_gap = cfg.asr_window, cfg.asr_max_gap
 
     def process(self, row: dict) -> None:

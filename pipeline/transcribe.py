@@ -1,5 +1,8 @@
 """Transcribe stage: batched faster-whisper over the VAD windows, with word timestamps.
 
+``mode="sequential"`` decodes the same windows one at a time with timestamp tokens
+(faster-whisper's ``WhisperModel.transcribe``): more accurate on long-form speech, no batching.
+
 This is WhisperX's recipe (VAD-cut windows, batched decoding without Whisper's own
 timestamp tokens) as upstreamed into faster-whisper's ``BatchedInferencePipeline``;
 word times come from faster-whisper's cross-attention alignment, or from a whisperx
@@ -50,7 +53,9 @@ class Transcriber:
 
     def __init__(self, model: str = "tiny.en", device: str = "auto", compute_type: str = "int8",
                  batch_size: int = 8, beam_size: int = 5, language: str | None = None,
-                 align_model: str | None = None, threads: int = 2):
+                 align_model: str | None = None, threads: int = 2, mode: str = "batched"):
+        if mode not in ("batched", "sequential"):
+            raise ValueError(f"mode must be batched or sequential, got {mode!r}")
         import ctranslate2
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
@@ -63,6 +68,7 @@ class Transcriber:
         self.whisper = WhisperModel(resolve_asr_model(model), device=device, compute_type=compute_type,
                                     cpu_threads=threads, num_workers=1)
         self.pipeline = BatchedInferencePipeline(self.whisper)
+        self.mode = mode
         self.batch_size = batch_size
         self.beam_size = beam_size
         self.language = language or ("en" if not self.whisper.model.is_multilingual else None)
@@ -133,11 +139,21 @@ class Transcriber:
     def _decode(self, audio16: np.ndarray, clips: list[dict], language: str) -> list[dict]:
         if not clips:
             return []
-        segs, _info = self.pipeline.transcribe(
-            audio16, language=language, clip_timestamps=clips, batch_size=self.batch_size,
-            beam_size=self.beam_size, word_timestamps=True, vad_filter=False,
-            condition_on_previous_text=False, log_progress=False,
-        )
+        if self.mode == "sequential":
+            # One window at a time with Whisper's timestamp tokens: it seeks to where the last
+            # segment ended instead of giving up on the rest of a window (batched decoding's
+            # deletions), at the cost of batching. Windows never mix: clip bounds are kept.
+            segs, _info = self.whisper.transcribe(
+                audio16, language=language, clip_timestamps=[t for c in clips for t in (c["start"], c["end"])],
+                beam_size=self.beam_size, word_timestamps=True, vad_filter=False,
+                condition_on_previous_text=False,
+            )
+        else:
+            segs, _info = self.pipeline.transcribe(
+                audio16, language=language, clip_timestamps=clips, batch_size=self.batch_size,
+                beam_size=self.beam_size, word_timestamps=True, vad_filter=False,
+                condition_on_previous_text=False, log_progress=False,
+            )
         out = []
         for s in segs:
             words = [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end),
