@@ -1,6 +1,6 @@
 """End-to-end ingest throughput vs a straightforward sequential script, same models, same run.
 
-    .venv/bin/python bench/ingest.py [--minutes 12] [--work /tmp/bench_ingest]
+    .venv/bin/python bench/ingest.py [--minutes 12] [--work /tmp/bench_ingest] [--pipeline-args "..."]
 
 Corpus: long-form "sessions" (~2 min each) concatenated from the English and AMI files of
 ../shared/speech, written as 16 kHz FLAC, at least --minutes in all.
@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=12.0)
     ap.add_argument("--work", default="/tmp/bench_ingest")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--pipeline-args", default="", help='extra ingest options, e.g. "--asr-mode sequential"')
     args = ap.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -140,7 +142,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
 
     wall, peak, out = run([sys.executable, "pipeline/ingest.py", "--input", str(corpus), "--output",
-                           str(work / "out")], env)
+                           str(work / "out"), *shlex.split(args.pipeline_args)], env)
     pipe = audio_s / wall
     print(f"pipeline: {wall:.1f} s wall, {pipe:.1f} s audio/s ({pipe:.1f}x real time), peak PSS {peak / 2**30:.2f} GiB")
     print("  " + "\n  ".join(line for line in out.splitlines() if line.startswith(("hours", "segments", "wall", "stage"))))
