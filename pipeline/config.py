@@ -86,7 +86,7 @@ class IngestConfig:
     # 20 s as the best WER of 15/20/30 s packing and of pause-only merging, at ~2x its speed.
     # batched: WhisperX's BatchedInferencePipeline (the default; what a GPU wants). sequential: one
     # window at a time with timestamp tokens, which seek instead of dropping the end of a window:
-    # long-form WER 7.6 % vs 11.9 % batched on bench/asr_windows.py, no batching.
+    # long-form WER 7.9 % vs 11.9 % batched on bench/asr_windows.py, ~0.7x its speed on CPU.
     asr_mode: str = "batched"
     asr_window: float = 20.0
     asr_max_gap: float | None = None
