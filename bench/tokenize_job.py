@@ -232,10 +232,10 @@ def _bench(args, tmp: Path, torch) -> int:
           f"{st['audio_seconds']:.1f} s audio in {st['wall_seconds']:.2f} s = {job:.1f} s/s "
           f"(with Ray start: {st['audio_seconds'] / st['total_seconds']:.1f} s/s)")
     steady = st.get("steady_audio_seconds_per_second") or 0.0
-    print(f"job after its first shard: {steady:.1f} s/s; encoder alone: {enc:.1f} s/s per encoder; "
+    print(f"job after its first batch: {steady:.1f} s/s; encoder alone: {enc:.1f} s/s per encoder; "
           f"padding {st['padding_ratio']:.3f}x")
     print(f"RATIO job / naive: {job / naive:.2f}x end to end (start-up included); "
-          f"{steady / naive:.2f}x after the first shard; encoder alone x encoders: {enc * actors / naive:.2f}x")
+          f"{steady / naive:.2f}x after the first batch; encoder alone x encoders: {enc * actors / naive:.2f}x")
     if st["samples"] != n:
         print(f"WARNING: the job tokenized {st['samples']} utterances, the naive loop {n}", file=sys.stderr)
         return 1

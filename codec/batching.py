@@ -259,6 +259,7 @@ class TokenBatch:
     failures: list[SampleFailure] = field(default_factory=list)
     padded_samples: int = 0  # samples the encoder actually ran over (padding included)
     encode_seconds: float = 0.0  # wall time the encoder spent on this batch
+    encode_end: float = 0.0  # time.time() when the encoder finished it (0: never encoded)
     shard_error: str | None = None
 
     @property
@@ -280,6 +281,7 @@ class TokenBatch:
             "failures": json.dumps([asdict(f) for f in self.failures]),
             "padded_samples": int(self.padded_samples),
             "encode_seconds": float(self.encode_seconds),
+            "encode_end": float(self.encode_end),
             "shard_error": self.shard_error,
         }
 
@@ -306,6 +308,7 @@ class TokenBatch:
             failures=[SampleFailure(**f) for f in json.loads(row["failures"])],
             padded_samples=int(row["padded_samples"]),
             encode_seconds=float(row["encode_seconds"]),
+            encode_end=float(row.get("encode_end") or 0.0),
             shard_error=row.get("shard_error"),
         )
 
@@ -610,7 +613,8 @@ class TokenEncoder:
         if ac.size and (ac.min() < 0 or ac.max() >= ACOUSTIC_LEVELS):
             raise CodecContractError(f"acoustic tokens outside 0..{ACOUSTIC_LEVELS - 1}: [{ac.min()}, {ac.max()}]")
         out = TokenBatch(shard=batch.shard, batch_index=batch.batch_index, n_batches=batch.n_batches,
-                         failures=list(batch.failures) + failures, padded_samples=padded, encode_seconds=elapsed)
+                         failures=list(batch.failures) + failures, padded_samples=padded, encode_seconds=elapsed,
+                         encode_end=time.time())
         for i, n in enumerate(batch.lengths):
             t = n_frames(n, self.samples_per_frame)
             out.keys.append(batch.keys[i])
@@ -675,6 +679,7 @@ class TokenEncoder:
                 getattr(merged, name).extend(getattr(r, name))
             merged.padded_samples += r.padded_samples
         merged.encode_seconds = time.perf_counter() - t0
+        merged.encode_end = time.time()
         return merged
 
     def _release_memory(self) -> None:
@@ -837,6 +842,7 @@ def _schemas():
         ("failures", pa.string()),
         ("padded_samples", pa.int64()),
         ("encode_seconds", pa.float64()),
+        ("encode_end", pa.float64()),
         ("shard_error", pa.string()),
     ])
     return audio, tokens

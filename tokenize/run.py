@@ -394,9 +394,16 @@ class Stats:
     encode_seconds: float = 0.0  # summed over actors
     token_bytes: int = 0
     wall_seconds: float = 0.0  # pipeline: from dataset start to last commit
-    first_commit_seconds: float | None = None  # pipeline start -> first commit (actor start, model load...)
-    first_commit_audio_seconds: float = 0.0
+    # Encoder-side clock (time.time() when each batch was encoded): the span from the first batch
+    # any encoder finished to the last, and the audio of the batches after that first one, give
+    # the rate once actors are up. Driver-side arrival times cannot: Ray Data hands outputs over
+    # in bursts, and shards are encoded in parallel.
+    first_encode_end: float | None = None
+    last_encode_end: float | None = None
+    first_batch_audio_seconds: float = 0.0
+    encoded_audio_seconds: float = 0.0
     total_seconds: float = 0.0  # the whole command, Ray start and model loads included
+    started_at: float = 0.0  # time.time() at the pipeline's start
 
     def finish(self, rr: dict) -> dict:
         d = dataclasses.asdict(self)
@@ -406,11 +413,11 @@ class Stats:
         d["gpus"] = n_gpus
         d["audio_seconds_per_second_per_gpu"] = d["audio_seconds_per_second"] / n_gpus if n_gpus else None
         d["padding_ratio"] = self.padded_seconds / self.audio_seconds if self.audio_seconds else None
-        steady = self.wall_seconds - (self.first_commit_seconds or 0.0)
-        # Only meaningful when shards kept coming after the first one (not all in one burst at the end).
+        span = (self.last_encode_end or 0.0) - (self.first_encode_end or 0.0)
+        d["first_batch_seconds"] = (self.first_encode_end - self.started_at) if self.first_encode_end else None
+        # Only meaningful over a span long enough to measure.
         d["steady_audio_seconds_per_second"] = (
-            (self.audio_seconds - self.first_commit_audio_seconds) / steady
-            if self.shards_done > 2 and steady >= max(2.0, 0.1 * self.wall_seconds) else None
+            (self.encoded_audio_seconds - self.first_batch_audio_seconds) / span if span >= 1.0 else None
         )
         actors = rr.get("num_actors", 0)
         d["encoder_busy_fraction"] = self.encode_seconds / (wall * actors) if actors and self.wall_seconds else None
@@ -429,8 +436,8 @@ def format_summary(s: dict) -> str:
         + (f" ({s['audio_seconds_per_second_per_gpu']:.1f} per GPU, {s['gpus']:g} GPUs)" if s["gpus"] else " (CPU)"),
     ]
     if s.get("steady_audio_seconds_per_second"):
-        lines.append(f"after the first shard (start-up excluded): {s['steady_audio_seconds_per_second']:.1f} s of audio "
-                     f"per s; first shard committed after {s['first_commit_seconds']:.1f} s")
+        lines.append(f"after the first batch (start-up excluded): {s['steady_audio_seconds_per_second']:.1f} s of audio "
+                     f"per s; first batch encoded after {s['first_batch_seconds']:.1f} s")
     if s["padding_ratio"] is not None:
         lines.append(f"padding: {s['padding_ratio']:.3f}x real audio   encoder busy: "
                      f"{(s['encoder_busy_fraction'] or 0) * 100:.0f}% of actor time")
@@ -486,8 +493,14 @@ def run(cfg: TokenizeConfig) -> dict:
         fault = _fault_hook()
         assembler = ShardAssembler()
         source = (ray_token_batches if cfg.engine == "ray" else local_token_batches)(cfg, todo, info, rr)
-        t0 = time.time()
+        t0 = stats.started_at = time.time()
         for batch in source:  # a shard is committed when its last batch arrives
+            if batch.encode_end:
+                audio_s = sum(batch.n_samples) / info.sample_rate
+                stats.encoded_audio_seconds += audio_s
+                if stats.first_encode_end is None or batch.encode_end < stats.first_encode_end:
+                    stats.first_encode_end, stats.first_batch_audio_seconds = batch.encode_end, audio_s
+                stats.last_encode_end = max(stats.last_encode_end or 0.0, batch.encode_end)
             shard = assembler.add(batch)
             if shard is None:
                 continue
@@ -512,8 +525,6 @@ def run(cfg: TokenizeConfig) -> dict:
             stats.padded_seconds += shard.padded_samples / info.sample_rate
             stats.encode_seconds += shard.encode_seconds
             el = time.time() - t0
-            if stats.first_commit_seconds is None:
-                stats.first_commit_seconds, stats.first_commit_audio_seconds = el, c.audio_seconds
             log.info("shard %s committed [%d/%d]: %d samples (%d failed), %.1f s audio, %d frames | %.1f s/s",
                      c.shard, stats.shards_done + stats.shards_failed, len(todo), c.n_ok, c.n_failed,
                      c.audio_seconds, c.n_frames, stats.audio_seconds / max(el, 1e-9))
