@@ -405,6 +405,13 @@ class Stats:
     total_seconds: float = 0.0  # the whole command, Ray start and model loads included
     started_at: float = 0.0  # time.time() at the pipeline's start
 
+    def record_batch(self, encode_end: float, audio_seconds: float) -> None:
+        """One encoded batch (in the order the driver receives them, which is not encode order)."""
+        self.encoded_audio_seconds += audio_seconds
+        if self.first_encode_end is None or encode_end < self.first_encode_end:
+            self.first_encode_end, self.first_batch_audio_seconds = encode_end, audio_seconds
+        self.last_encode_end = max(self.last_encode_end or 0.0, encode_end)
+
     def finish(self, rr: dict) -> dict:
         d = dataclasses.asdict(self)
         wall = max(self.wall_seconds, 1e-9)
@@ -496,11 +503,7 @@ def run(cfg: TokenizeConfig) -> dict:
         t0 = stats.started_at = time.time()
         for batch in source:  # a shard is committed when its last batch arrives
             if batch.encode_end:
-                audio_s = sum(batch.n_samples) / info.sample_rate
-                stats.encoded_audio_seconds += audio_s
-                if stats.first_encode_end is None or batch.encode_end < stats.first_encode_end:
-                    stats.first_encode_end, stats.first_batch_audio_seconds = batch.encode_end, audio_s
-                stats.last_encode_end = max(stats.last_encode_end or 0.0, batch.encode_end)
+                stats.record_batch(batch.encode_end, sum(batch.n_samples) / info.sample_rate)
             shard = assembler.add(batch)
             if shard is None:
                 continue

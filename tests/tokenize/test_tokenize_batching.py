@@ -161,6 +161,25 @@ def test_batches_survive_the_arrow_round_trip():
     np.testing.assert_array_equal(t2.acoustic[0], t.acoustic[0])
 
 
+def test_steady_rate_is_timed_on_the_encoders_clocks():
+    """Audio after the first encoded batch over the encoders' span, whatever the driver saw:
+    3 batches of 10 s finished at t=100, 102, 104 -> 20 s of audio in 4 s."""
+    from tests.tokenize.conftest import load_run_module
+
+    run = load_run_module()
+    st = run.Stats(shards_done=1, audio_seconds=30.0, wall_seconds=60.0, started_at=90.0)
+    for end in (104.0, 100.0, 102.0):  # the driver may receive them in any order, in bursts
+        st.record_batch(end, 10.0)
+    d = st.finish({"num_actors": 1, "device": "cpu"})
+    assert d["steady_audio_seconds_per_second"] == pytest.approx(5.0)
+    assert d["first_batch_seconds"] == pytest.approx(10.0)
+    import pyarrow as pa
+
+    t = TokenBatch(shard="s", batch_index=0, n_batches=1, encode_end=123.5)
+    row = pa.Table.from_pylist([t.to_row()], schema=TOKEN_BATCH_SCHEMA).to_pylist()[0]
+    assert TokenBatch.from_row(row).encode_end == 123.5
+
+
 # ---------------------------------------------------------------------------- encoding
 
 
