@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 
-from pipeline.evaluation import read_reference_text, wer  # noqa: E402
+from pipeline.evaluation import has_full_transcript, read_reference_text, wer  # noqa: E402
 from pipeline.segment import Segmenter, merge_for_asr  # noqa: E402
 from pipeline.transcribe import Transcriber  # noqa: E402
 
@@ -39,11 +39,7 @@ SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech
 
 def sessions(session_s: float) -> list[tuple[np.ndarray, str]]:
     rows = list(csv.DictReader(open(SPEECH / "MANIFEST.tsv", encoding="utf-8"), delimiter="\t"))
-    rows = [r for r in rows if r["language"] == "en" and r["ground_truth_path"]
-            and not r["ground_truth_path"].endswith((".rttm", ".uem")) and not r["path"].endswith(".raw")
-            # references that do not transcribe the audio: MFA's phonetic stress clips carry a few
-            # words for long laughter/creak, the stereo file holds two recordings one after the other
-            and "stress-test" not in r["notes"] and "STEREO" not in r["notes"]]
+    rows = [r for r in rows if has_full_transcript(r)]
     gap = np.zeros(8000, np.float32)
     out, audio, text = [], [], []
     for r in rows:

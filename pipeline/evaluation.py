@@ -105,6 +105,16 @@ def der(references: dict, hypotheses: dict, uems: dict | None = None, collar: fl
             "n_files": len(metric.results_)}
 
 
+def has_full_transcript(row: dict) -> bool:
+    """A ``../shared/speech/MANIFEST.tsv`` row whose English text reference transcribes all of
+    its audio (long-form WER). Left out: RTTM-only files, raw PCM, MFA's phonetic stress clips
+    (a few words for seconds of laughter or creak) and the stereo file that holds two
+    recordings one after the other."""
+    return (row["language"] == "en" and row["ground_truth_path"].endswith((".txt", ".lab"))
+            and not row["path"].endswith(".raw")
+            and "stress-test" not in row["notes"] and "STEREO" not in row["notes"])
+
+
 def read_reference_text(path: str | Path) -> str:
     """A ground-truth transcript file as plain text. Lines of ``start<TAB>end<TAB>speaker<TAB>text``
     (lhotse's AMI excerpts) keep only their text."""

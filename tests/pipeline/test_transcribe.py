@@ -7,7 +7,7 @@ import soundfile as sf
 import soxr
 
 from pipeline.config import ConfigError, IngestConfig
-from pipeline.evaluation import read_reference_text, wer
+from pipeline.evaluation import has_full_transcript, read_reference_text, wer
 from pipeline.segment import Segmenter, merge_for_asr
 from pipeline.transcribe import Transcriber
 from tests.conftest import speech_manifest
@@ -16,8 +16,7 @@ from tests.conftest import speech_manifest
 @pytest.fixture(scope="module")
 def session(speech_dir):
     """~60 s of English files with full transcripts laid end to end (0.5 s apart), 16 kHz."""
-    rows = [r for r in speech_manifest() if r["language"] == "en" and r["ground_truth_path"].endswith((".txt", ".lab"))
-            and "stress-test" not in r["notes"] and "STEREO" not in r["notes"] and not r["path"].endswith(".raw")]
+    rows = [r for r in speech_manifest() if has_full_transcript(r)]
     audio, refs = [], []
     for r in rows:
         x, sr = sf.read(speech_dir / r["path"], dtype="float32", always_2d=True)
