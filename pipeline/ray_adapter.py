@@ -6,6 +6,7 @@ audio, nested transcripts and speaker turns that Arrow has no business re-typing
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -42,6 +43,14 @@ def merged(*rs: StageResources) -> StageResources:
                           concurrency=max(r.concurrency for r in rs), threads=max(r.threads for r in rs))
 
 
+def sharing(cfg, *stages: str):
+    """(resources, config) for one actor that runs ``stages``: the larger of each setting, seen by
+    every one of them. Each stage reading its own would not do: torch's thread count is per
+    process, so the actor would keep whichever stage was built last."""
+    shared = merged(*(cfg.resources[s] for s in stages))
+    return shared, dataclasses.replace(cfg, resources={**cfg.resources, **dict.fromkeys(stages, shared)})
+
+
 def build_dataset(paths: list[str], cfg, done: frozenset[str]):
     """paths -> a lazy Ray Dataset of assembled sources (one row each)."""
     import ray
@@ -62,7 +71,7 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str]):
     ds = ds.map_batches(**task((HashAndDecode,), res["decode"], cfg, done))
     # Segment and diarize share one actor: both need pyannote, whose import alone costs ~10 s of
     # CPU per process (lightning, torchmetrics), and the diarizer reuses the segmentation scores.
-    ds = ds.map_batches(**task((Segment, Diarize), merged(res["segment"], res["diarize"]), cfg))
+    ds = ds.map_batches(**task((Segment, Diarize), *sharing(cfg, "segment", "diarize")))
     # on a GPU several sources per call: short files share Whisper batches (Transcriber.transcribe_many)
     ds = ds.map_batches(**task((Transcribe,), res["transcribe"], cfg, batch_size=cfg.transcribe_batch))
     ds = ds.map_batches(**task((Assemble,), res["assemble"], cfg))

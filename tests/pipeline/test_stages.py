@@ -45,3 +45,16 @@ def test_a_failing_stage_marks_the_source_failed_and_the_batch_goes_on(speech_di
     out = seg(batch)
     assert out["status"] == ["failed", "ok"]
     assert out["error"][0].startswith("stage_failed:") and "segment" in out["error"][0]
+
+
+def test_stages_sharing_an_actor_all_see_the_larger_settings():
+    from pipeline.ingest import parse_args
+    from pipeline.ray_adapter import sharing
+
+    cfg = parse_args(["--input", "x", "--output", "y", "--threads", "diarize=3", "--cpus", "segment=0.5"])
+    res, shared_cfg = sharing(cfg, "segment", "diarize")
+    assert (res.threads, res.num_cpus) == (3, 0.5)
+    assert shared_cfg.resources["segment"] == shared_cfg.resources["diarize"] == res
+    assert cfg.resources["segment"].threads == 1  # the user's config is left as it was
+    assert shared_cfg.resources["transcribe"] == cfg.resources["transcribe"]
+
