@@ -43,70 +43,23 @@ def test_evaluate_identity_codec_scores_perfect():
     assert normalize_text("Hello, World-wide!") == "hello world wide"
 
 
+def _run_script(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """A repo script run as users run it; fails the test with its stderr when it fails."""
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
 def test_command_lines(tmp_path, audio_files_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ck"
-    cmd = [
-        sys.executable,
-        "codec/train.py",
-        "--shards",
-        str(audio_files_dir),
-        "--config",
-        "tiny",
-        "--output",
-        str(out),
-        "--steps",
-        "2",
-        "--log-every",
-        "1",
-        "--threads",
-        "1",
-        "--set",
-        "feature_weight=0",
-        "--set",
-        "batch_size=1",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run_script(["codec/train.py", "--shards", str(audio_files_dir), "--config", "tiny", "--output", str(out),
+                     "--steps", "2", "--log-every", "1", "--threads", "1",
+                     "--set", "feature_weight=0", "--set", "batch_size=1"], env)
     assert "step 2 |" in r.stderr and (out / "model.safetensors").is_file()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "codec/eval.py",
-            "--codec",
-            str(out),
-            "--audio",
-            str(audio_files_dir / "utt0.wav"),
-            "--no-asr",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run_script(["codec/eval.py", "--codec", str(out), "--audio", str(audio_files_dir / "utt0.wav"), "--no-asr"],
+                    env)
     assert "| pesq_wb |" in r.stdout and "| bitrate_bps | 2139 |" in r.stdout
-    r = subprocess.run(
-        [
-            sys.executable,
-            "bench/codec.py",
-            "--configs",
-            "tiny",
-            "--batch-sizes",
-            "1",
-            "--seconds",
-            "1",
-            "--repeats",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run_script(["bench/codec.py", "--configs", "tiny", "--batch-sizes", "1", "--seconds", "1", "--repeats", "1",
+                     "--device", "cpu"], env)
     assert "| tiny | 4.0M | cpu | 1 |" in r.stdout
