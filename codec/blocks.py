@@ -65,6 +65,11 @@ class SlidingWindowAttention(nn.Module):
 
     Computed blockwise: queries in blocks of `window` attend to their own block and the previous
     one, so memory is O(T * window), not O(T^2), and 30 s inputs stay cheap. [B, T, C] -> [B, T, C].
+
+    Two kernels compute the same thing. On CUDA, ``F.scaled_dot_product_attention`` (fused, never
+    stores the scores). Elsewhere, plain matmuls with a broadcast [H, 1, W, 2W] bias: on CPU, SDPA with
+    a float mask takes its unfused path and adds masking checks and a full [H * nb, W, 2W] mask, which
+    made it 2x slower than the matmuls (bench/codec.py). ``use_sdpa`` forces one (tests compare them).
     """
 
     def __init__(self, dim: int, head_dim: int, window: int) -> None:
@@ -77,17 +82,22 @@ class SlidingWindowAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim)
         self.k_norm = RMSNorm(head_dim)
         self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
+        self.use_sdpa: bool | None = None  # None: SDPA on CUDA, matmuls elsewhere
 
-    def _bias(self, n_blocks: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask [H * n_blocks, W, 2W]: ALiBi inside the window, -inf outside or before t=0."""
+    def _window_bias(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Additive bias [H, 1, W, 2W] of one block: ALiBi inside the window, -inf outside it."""
         w = self.window
         i = torch.arange(w, device=device)[:, None]
         j = torch.arange(2 * w, device=device)[None, :]
         dist = (i + w - j).float()  # query position minus key position
         allowed = (dist >= 0) & (dist < w)
         bias = -self.slopes.to(device)[:, None, None] * dist  # [H, W, 2W]
-        bias = bias.masked_fill(~allowed, float("-inf"))
-        bias = bias[:, None].repeat(1, n_blocks, 1, 1)  # [H, nb, W, 2W]
+        return bias.masked_fill(~allowed, float("-inf"))[:, None].to(dtype)
+
+    def _bias(self, n_blocks: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The full mask [H * n_blocks, W, 2W] for SDPA: the window bias, and -inf before t=0."""
+        w = self.window
+        bias = self._window_bias(device, torch.float32).repeat(1, n_blocks, 1, 1)  # [H, nb, W, 2W]
         # In the first block the "previous block" is zero padding before the signal starts.
         bias[:, 0, :, :w] = float("-inf")
         return bias.reshape(self.n_heads * n_blocks, w, 2 * w).to(dtype)
@@ -99,6 +109,34 @@ class SlidingWindowAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         nb = math.ceil(t / w)
         pad = nb * w - t
+        use_sdpa = x.is_cuda if self.use_sdpa is None else self.use_sdpa
+        if use_sdpa:
+            y = self._attend_sdpa(q, k, v, nb, pad)
+        else:
+            y = self._attend_matmul(q, k, v, nb, pad)
+        y = y.reshape(b, h, nb * w, d)[:, :, :t].transpose(1, 2).reshape(b, t, c)
+        return self.out(y)
+
+    def _attend_matmul(self, q, k, v, nb: int, pad: int) -> torch.Tensor:
+        """q, k, v [B, T, H, D] -> [B, H, nb, W, D]."""
+        b, _, h, d = q.shape
+        w = self.window
+        # Scale q, not the scores: q has D = 32 values per step, the scores 2W = 64.
+        qb = F.pad(q * d**-0.5, (0, 0, 0, 0, 0, pad)).view(b, nb, w, h, d).permute(0, 3, 1, 2, 4)
+
+        def windows(z: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, H, nb, 2W, D], no concat
+            z = F.pad(z, (0, 0, 0, 0, w, pad))  # one block of zeros before t=0
+            return z.unfold(1, 2 * w, w).permute(0, 2, 1, 4, 3)
+
+        s = torch.matmul(qb, windows(k).transpose(-1, -2))  # [B, H, nb, W, 2W]
+        s.add_(self._window_bias(s.device, s.dtype))
+        s[:, :, 0, :, :w] = float("-inf")  # block 0's "previous block" is padding before the signal
+        return torch.matmul(s.softmax(-1), windows(v))
+
+    def _attend_sdpa(self, q, k, v, nb: int, pad: int) -> torch.Tensor:
+        """q, k, v [B, T, H, D] -> [B, H, nb, W, D] with one fused kernel."""
+        b, _, h, d = q.shape
+        w = self.window
 
         def blocks(z: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, H, nb, W, D]
             z = F.pad(z, (0, 0, 0, 0, 0, pad))
@@ -108,15 +146,13 @@ class SlidingWindowAttention(nn.Module):
         prev = lambda z: F.pad(z, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # noqa: E731 - shift blocks by one
         kb = torch.cat([prev(kb), kb], dim=3)  # [B, H, nb, 2W, D]
         vb = torch.cat([prev(vb), vb], dim=3)
-        bias = self._bias(nb, x.device, qb.dtype)
         y = F.scaled_dot_product_attention(
             qb.reshape(b, h * nb, w, d),
             kb.reshape(b, h * nb, 2 * w, d),
             vb.reshape(b, h * nb, 2 * w, d),
-            attn_mask=bias,
+            attn_mask=self._bias(nb, q.device, qb.dtype),
         )
-        y = y.view(b, h, nb * w, d)[:, :, :t].transpose(1, 2).reshape(b, t, c)
-        return self.out(y)
+        return y.view(b, h, nb, w, d)
 
 
 class MLP(nn.Module):

@@ -43,11 +43,27 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(0.0 if data_init else 1.0))
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
-        """[..., D] -> code indices [...] (int64): argmin of the squared L2 distance."""
+        """[..., D] -> code indices [...] (int64): argmin of the squared L2 distance.
+
+        argmin_k |z - c_k|^2 = argmin_k (|c_k|^2 - 2 z.c_k): |z|^2 is the same for every k, so it is
+        left out, and the rest is one fused matmul (addmm). The search always runs in fp32, autocast
+        or not: in bf16 the distances to 8192 codes tie and flip the nearest code.
+        """
         flat = z.reshape(-1, self.dim).float()
-        cb = self.codebook.float()
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            cb = self.codebook.float()
+            d = torch.addmm(self._codebook_norms(cb), flat, cb.t(), alpha=-2.0)
         return d.argmin(1).view(z.shape[:-1])
+
+    def _codebook_norms(self, cb: torch.Tensor) -> torch.Tensor:
+        """|c_k|^2 [K], cached until the codebook changes (training, load_state_dict, .to()): in
+        inference it is the same for every call, and computing it costs a pass over the codebook."""
+        key = (self.codebook.data_ptr(), self.codebook._version, cb.dtype, cb.device)
+        cached = getattr(self, "_norms_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, cb.pow(2).sum(1))
+            self._norms_cache = cached
+        return cached[1]
 
     def decode(self, idx: torch.Tensor) -> torch.Tensor:
         """Code indices [...] -> vectors [..., D] (float32)."""

@@ -69,3 +69,37 @@ def test_vq_restart_replaces_dead_codes_with_latents():
     # Every dead code now sits on one of the batch's vectors.
     d = torch.cdist(vq.codebook, z[0]).min(1).values
     assert (d < 1e-4).float().mean() > 0.5
+
+
+def _nearest_bruteforce(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Nearest code by explicit distances [N, K], float64: the definition encode() must match."""
+    flat = z.reshape(-1, codebook.shape[1]).double()
+    return torch.cdist(flat, codebook.double()).argmin(1).view(z.shape[:-1])
+
+
+def test_vq_encode_is_the_nearest_code_and_its_norm_cache_follows_the_codebook():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 256, decay=0.99, dead_ratio=0.5, data_init=False).eval()
+    z = torch.randn(3, 40, 16) * 0.3
+    assert torch.equal(vq.encode(z), _nearest_bruteforce(z, vq.codebook))
+    # The cached |c|^2 must not outlive the codebook: a new codebook (load_state_dict, EMA step)
+    # changes the answer, and encode() must give the new nearest codes, not the old ones.
+    new_state = {**vq.state_dict(), "codebook": torch.randn(256, 16) * 0.3}
+    vq.load_state_dict(new_state)
+    assert torch.equal(vq.encode(z), _nearest_bruteforce(z, vq.codebook))
+    vq.codebook.mul_(-1.0)  # in-place, same storage: only the version counter tells
+    assert torch.equal(vq.encode(z), _nearest_bruteforce(z, vq.codebook))
+
+
+def test_vq_search_stays_fp32_under_bf16_autocast():
+    """Under autocast the matmul would run in bf16, where near-equal distances to the codes tie."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(256, 8192, decay=0.99, dead_ratio=0.5, data_init=False).eval()
+    z = torch.randn(2, 200, 256) * 256**-0.5
+    exact = _nearest_bruteforce(z, vq.codebook)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = vq.encode(z)
+        # What a bf16 search gives, to show the test can tell the two apart.
+        bf16 = (vq.codebook.pow(2).sum(1) - 2 * z.reshape(-1, 256) @ vq.codebook.t()).argmin(1).view(2, 200)
+    assert torch.equal(got, exact)
+    assert not torch.equal(bf16, exact)
