@@ -31,6 +31,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import signal  # noqa: E402
@@ -65,7 +66,8 @@ class TokenizeConfig:
     # overlap compute inside a call), 1 on cpu (nothing to overlap; a batch goes out as soon as read)
     device: str = "auto"  # auto (cuda if the cluster has GPUs) | cpu | cuda
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
-    num_actors: int | None = None  # encoder actors; default: GPUs / gpus_per_actor, or 1 on CPU
+    num_actors: int | None = None  # encoder actors; default: GPUs / gpus_per_actor, or on CPU
+    # the cluster's CPUs less the readers' (default_cpu_actors)
     gpus_per_actor: float | None = None  # default 1 on cuda (fractions share a GPU)
     cpus_per_actor: float = 1.0
     threads: int | None = None  # torch threads per CPU actor; default: cpus_per_actor
@@ -140,6 +142,18 @@ def init_ray(cfg: TokenizeConfig) -> None:
     ray.init(include_dashboard=False, **kw)
 
 
+# One reader (FLAC decoding, ~2400 s of audio per s per CPU) keeps about 8 CPU encoders of the
+# tiny codec (~300 s/s each, bench/tokenize_job.py) fed: one reader's CPUs per 9 CPUs.
+CPUS_PER_READER = 9
+
+
+def default_cpu_actors(cpus: float, cpus_per_actor: float, read_cpus: float) -> int:
+    """CPU encoder actors that fill a cluster of ``cpus`` logical CPUs, leaving room for readers:
+    ``read_cpus`` per started group of 9 CPUs. At least 1. E.g. 2 CPUs -> 1, 16 -> 14, 64 -> 56."""
+    readers = max(1, math.ceil(cpus / CPUS_PER_READER))
+    return max(1, int((cpus - readers * read_cpus + 1e-9) // cpus_per_actor))
+
+
 def resolve_resources(cfg: TokenizeConfig) -> dict:
     """Device, actors and per-actor resources from the options and the cluster."""
     import ray
@@ -160,7 +174,7 @@ def resolve_resources(cfg: TokenizeConfig) -> dict:
     elif device == "cuda":
         n = max(1, int(gpus // gpa))
     else:
-        n = 1
+        n = default_cpu_actors(cpus, cfg.cpus_per_actor, cfg.read_cpus)
     if device == "cuda" and n * gpa > gpus + 1e-9:
         log.warning("%d actors x %.2f GPU > %.0f GPUs in the cluster: some actors will wait", n, gpa, gpus)
     need = n * cfg.cpus_per_actor + cfg.read_cpus
@@ -197,7 +211,9 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     # (the codec package brings torch). Reserving that memory also makes its remote args
     # differ from the encoder's, so Ray Data does not fuse the reader into the encoder
     # actors (decoding there would stall the GPU).
-    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + 448 * 2**20)
+    # (Ray Data warns when a task's peak goes past 80 % of its reservation: readers peaked at
+    # ~410 MiB with 30 s batches, bench/tokenize_job.py.)
+    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + 512 * 2**20)
     ds = ds.map_batches(read_stage, fn_kwargs={"config": bcfg}, batch_size=1, batch_format="pyarrow",
                         num_cpus=cfg.read_cpus, memory=read_memory)
     ds = ds.map_batches(
@@ -562,7 +578,8 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
                     help="auto: cuda if the Ray cluster has GPUs (default)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 autocast on cuda, fp32 on cpu")
-    ap.add_argument("--num-actors", type=int, default=None, help="encoder actors (default: GPUs / gpus-per-actor; 1 on CPU)")
+    ap.add_argument("--num-actors", type=int, default=None, help="encoder actors (default: GPUs / gpus-per-actor; on CPU, the cluster's CPUs "
+                    "less one reader's per 9 CPUs, divided by --cpus-per-actor)")
     ap.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per encoder actor (default 1 on cuda)")
     ap.add_argument("--cpus-per-actor", type=float, default=d["cpus_per_actor"].default,
                     help="CPUs reserved per encoder actor (default %(default)s)")

@@ -243,3 +243,16 @@ def test_a_second_job_on_the_same_output_and_codec_is_refused(corpus, codec_a, r
     finally:
         lock.close()
     run_module._lock_codec_tree(str(corpus), codec_info(codec_a).codec_id).close()  # free again
+
+
+def test_cpu_actors_fill_the_cluster_and_leave_room_for_readers(run_module):
+    f = run_module.default_cpu_actors
+    assert f(2, 1.0, 1.0) == 1  # 1 encoder + 1 reader: what fits on 2 CPUs
+    assert f(16, 1.0, 1.0) == 14  # 2 readers' CPUs kept (one per 9 CPUs)
+    assert f(64, 1.0, 1.0) == 56
+    assert f(64, 2.0, 1.0) == 28  # 2-CPU actors
+    assert f(2, 0.75, 0.5) == 2  # the 2-core recipe of docs/tokenize.md
+    assert f(1, 1.0, 1.0) == 1  # never 0; resolve_resources then says what to lower
+    for cpus in (2, 3, 8, 9, 10, 17, 33, 128):
+        n = f(cpus, 1.0, 1.0)
+        assert n + 1 <= cpus  # at least one reader always fits: the job cannot hang for a reader
