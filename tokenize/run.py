@@ -145,6 +145,9 @@ def init_ray(cfg: TokenizeConfig) -> None:
 # One reader (FLAC decoding, ~2400 s of audio per s per CPU) keeps about 8 CPU encoders of the
 # tiny codec (~300 s/s each, bench/tokenize_job.py) fed: one reader's CPUs per 9 CPUs.
 CPUS_PER_READER = 9
+# A reader's memory besides its batches. Ray Data warns when a task's peak passes 80 % of its
+# reservation; with torch imported (before codec/__init__.py went lazy) readers peaked at ~410 MiB.
+READER_BASE_MIB = 320
 
 
 def default_cpu_actors(cpus: float, cpus_per_actor: float, read_cpus: float) -> int:
@@ -207,13 +210,11 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     items = [{"shard": s, "path": p} for s, p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # One task per shard; a generator, so the shard's batches stream out as they are decoded.
-    # A reader process holds a few decoded batches (int16) on top of ~400 MiB of imports
-    # (the codec package brings torch). Reserving that memory also makes its remote args
-    # differ from the encoder's, so Ray Data does not fuse the reader into the encoder
+    # A reader process holds a few decoded batches (int16) on top of its imports (Ray, pyarrow,
+    # soundfile: no torch, see codec/__init__.py). Reserving that memory also makes its remote
+    # args differ from the encoder's, so Ray Data does not fuse the reader into the encoder
     # actors (decoding there would stall the GPU).
-    # (Ray Data warns when a task's peak goes past 80 % of its reservation: readers peaked at
-    # ~410 MiB with 30 s batches, bench/tokenize_job.py.)
-    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + 512 * 2**20)
+    read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + READER_BASE_MIB * 2**20)
     ds = ds.map_batches(read_stage, fn_kwargs={"config": bcfg}, batch_size=1, batch_format="pyarrow",
                         num_cpus=cfg.read_cpus, memory=read_memory)
     ds = ds.map_batches(
