@@ -287,3 +287,29 @@ def test_the_entry_script_runs_as_a_file_without_shadowing_the_stdlib(tmp_path):
                         "--codec", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no manifests/ directory" in p.stderr
     assert not (REPO / "tokenize" / "__init__.py").exists()
+
+
+def test_shard_reader_does_not_import_torch(tmp_path):
+    """Readers run as Ray tasks in their own processes: importing torch there cost ~2 s and a few
+    hundred MiB per reader (codec/__init__.py imports Codec lazily for this)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shard = tmp_path / "000000.tar"
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32), 24000, format="FLAC")
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("k0.flac", buf.getvalue()), ("k0.json", b'{"key": "k0"}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys, pyarrow as pa, codec.batching as b\n"
+            f"t = pa.table({{'shard': ['000000'], 'path': [{str(shard)!r}]}})\n"
+            "rows = sum(len(x) for x in b.read_stage(t, b.BatchingConfig()))\n"
+            "print(rows, 'torch' in sys.modules)\n"
+            "from codec import Codec\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "False", "True"]
