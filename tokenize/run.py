@@ -150,11 +150,24 @@ CPUS_PER_READER = 9
 READER_BASE_MIB = 320
 
 
-def default_cpu_actors(cpus: float, cpus_per_actor: float, read_cpus: float) -> int:
+def default_cpu_actors(cpus: float, cpus_per_actor: float, read_cpus: float,
+                       memory: float | None = None, actor_memory: float | None = None) -> int:
     """CPU encoder actors that fill a cluster of ``cpus`` logical CPUs, leaving room for readers:
-    ``read_cpus`` per started group of 9 CPUs. At least 1. E.g. 2 CPUs -> 1, 16 -> 14, 64 -> 56."""
+    ``read_cpus`` per started group of 9 CPUs (2 CPUs -> 1, 16 -> 14, 64 -> 56). With ``memory``
+    (the cluster's, bytes) and ``actor_memory`` (one actor's, bytes), no more than fit in it. At least 1."""
     readers = max(1, math.ceil(cpus / CPUS_PER_READER))
-    return max(1, int((cpus - readers * read_cpus + 1e-9) // cpus_per_actor))
+    n = int((cpus - readers * read_cpus + 1e-9) // cpus_per_actor)
+    if memory and actor_memory:
+        n = min(n, int(memory // actor_memory))
+    return max(1, n)
+
+
+def cpu_actor_memory(weights_bytes: int, batch_seconds: float) -> int:
+    """Bytes one CPU encoder actor peaks at, roughly: ~512 MiB of torch and Ray, the codec
+    (loaded, plus a copy while loading), and activations per second of batch: measured peak RSS
+    697 MiB for the tiny codec (31 MiB) on a 120 s batch, 1.9 GiB for voxtral (1.2 GiB) on 20 s."""
+    per_second = max(1.5 * 2**20, weights_bytes / 140)
+    return int(512 * 2**20 + 1.25 * weights_bytes + batch_seconds * per_second)
 
 
 def resolve_resources(cfg: TokenizeConfig) -> dict:
@@ -177,7 +190,12 @@ def resolve_resources(cfg: TokenizeConfig) -> dict:
     elif device == "cuda":
         n = max(1, int(gpus // gpa))
     else:
-        n = default_cpu_actors(cpus, cfg.cpus_per_actor, cfg.read_cpus)
+        weights = Path(cfg.codec) / "model.safetensors"
+        actor_memory = cpu_actor_memory(weights.stat().st_size, cfg.batch_seconds) if weights.is_file() else None
+        n = default_cpu_actors(cpus, cfg.cpus_per_actor, cfg.read_cpus, res.get("memory"), actor_memory)
+        if n < default_cpu_actors(cpus, cfg.cpus_per_actor, cfg.read_cpus):
+            log.info("%d CPU encoder actors: as many as %.1f GiB of cluster memory holds at ~%.1f GiB each "
+                     "(--num-actors overrides)", n, res["memory"] / 2**30, actor_memory / 2**30)
     if device == "cuda" and n * gpa > gpus + 1e-9:
         log.warning("%d actors x %.2f GPU > %.0f GPUs in the cluster: some actors will wait", n, gpa, gpus)
     need = n * cfg.cpus_per_actor + cfg.read_cpus

@@ -256,3 +256,11 @@ def test_cpu_actors_fill_the_cluster_and_leave_room_for_readers(run_module):
     for cpus in (2, 3, 8, 9, 10, 17, 33, 128):
         n = f(cpus, 1.0, 1.0)
         assert n + 1 <= cpus  # at least one reader always fits: the job cannot hang for a reader
+    # Memory caps the count: a 300M-parameter codec on a 64-CPU, 128 GB node must not start 56 copies.
+    gib = 2**30
+    big = run_module.cpu_actor_memory(1223 * 2**20, 120.0)  # voxtral's fp32 weights, 120 s batches
+    small = run_module.cpu_actor_memory(31 * 2**20, 120.0)  # tiny's
+    assert 0.6 * gib < small < 0.9 * gib < 2 * gib < big  # measured peaks: 0.68 GiB and (20 s) 1.9 GiB
+    assert f(64, 1.0, 1.0, memory=90 * gib, actor_memory=big) == int(90 * gib // big) < 56
+    assert f(64, 1.0, 1.0, memory=90 * gib, actor_memory=small) == 56  # CPUs, not memory, bound it
+    assert f(64, 1.0, 1.0, memory=0.5 * gib, actor_memory=big) == 1
