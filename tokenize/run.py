@@ -598,7 +598,7 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 autocast on cuda, fp32 on cpu")
     ap.add_argument("--num-actors", type=int, default=None, help="encoder actors (default: GPUs / gpus-per-actor; on CPU, the cluster's CPUs "
-                    "less one reader's per 9 CPUs, divided by --cpus-per-actor)")
+                    "less one reader's per 9 CPUs, divided by --cpus-per-actor, as many as its memory holds)")
     ap.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per encoder actor (default 1 on cuda)")
     ap.add_argument("--cpus-per-actor", type=float, default=d["cpus_per_actor"].default,
                     help="CPUs reserved per encoder actor (default %(default)s)")
