@@ -89,6 +89,7 @@ def make_corpus(out: Path, minutes: float, shard_samples: int, seed: int = 0) ->
     # so that a corpus can be long enough for the job's start-up to stop mattering.
     rnd = 0
     while total < minutes * 60:
+        before = total
         for r in rows:
             if total >= minutes * 60:
                 break
@@ -117,8 +118,8 @@ def make_corpus(out: Path, minutes: float, shard_samples: int, seed: int = 0) ->
                 total += len(piece) / 24000
                 if len(pending) == shard_samples:
                     flush()
-        if not any(cache.values()):
-            raise SystemExit(f"no readable audio under {SPEECH}")
+        if total == before:  # nothing readable, or every file too short to cut: another round would spin
+            raise SystemExit(f"no readable audio of 1 s or more under {SPEECH}")
         rnd += 1
     if pending:
         flush()

@@ -41,6 +41,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(size))
         self.register_buffer("embed_sum", self.codebook.clone())
         self.register_buffer("initialized", torch.tensor(0.0 if data_init else 1.0))
+        self._norms_cache: tuple | None = None  # (codebook storage, version, device), |c|^2
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """[..., D] -> code indices [...] (int64): argmin of the squared L2 distance.
@@ -58,12 +59,10 @@ class VectorQuantizer(nn.Module):
     def _codebook_norms(self, cb: torch.Tensor) -> torch.Tensor:
         """|c_k|^2 [K], cached until the codebook changes (training, load_state_dict, .to()): in
         inference it is the same for every call, and computing it costs a pass over the codebook."""
-        key = (self.codebook.data_ptr(), self.codebook._version, cb.dtype, cb.device)
-        cached = getattr(self, "_norms_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, cb.pow(2).sum(1))
-            self._norms_cache = cached
-        return cached[1]
+        key = (self.codebook.data_ptr(), self.codebook._version, cb.device)
+        if self._norms_cache is None or self._norms_cache[0] != key:
+            self._norms_cache = (key, cb.pow(2).sum(1))
+        return self._norms_cache[1]
 
     def decode(self, idx: torch.Tensor) -> torch.Tensor:
         """Code indices [...] -> vectors [..., D] (float32)."""

@@ -163,9 +163,9 @@ def default_cpu_actors(cpus: float, cpus_per_actor: float, read_cpus: float,
 
 
 def cpu_actor_memory(weights_bytes: int, batch_seconds: float) -> int:
-    """Bytes one CPU encoder actor peaks at, roughly: ~512 MiB of torch and Ray, the codec
-    (loaded, plus a copy while loading), and activations per second of batch: measured peak RSS
-    697 MiB for the tiny codec (31 MiB) on a 120 s batch, 1.9 GiB for voxtral (1.2 GiB) on 20 s."""
+    """Bytes one CPU encoder actor peaks at, roughly: ~512 MiB of torch and Ray, the codec's
+    weights with a 25 % margin, and activations per second of batch. Measured peak RSS: 697 MiB
+    for the tiny codec (31 MiB of weights) on a 120 s batch, 1.9 GiB for voxtral (1.2 GiB) on 20 s."""
     per_second = max(1.5 * 2**20, weights_bytes / 140)
     return int(512 * 2**20 + 1.25 * weights_bytes + batch_seconds * per_second)
 
@@ -190,7 +190,9 @@ def resolve_resources(cfg: TokenizeConfig) -> dict:
     elif device == "cuda":
         n = max(1, int(gpus // gpa))
     else:
-        weights = Path(cfg.codec) / "model.safetensors"
+        from codec.speech_codec import WEIGHTS_FILE
+
+        weights = Path(cfg.codec) / WEIGHTS_FILE
         actor_memory = cpu_actor_memory(weights.stat().st_size, cfg.batch_seconds) if weights.is_file() else None
         n = default_cpu_actors(cpus, cfg.cpus_per_actor, cfg.read_cpus, res.get("memory"), actor_memory)
         if n < default_cpu_actors(cpus, cfg.cpus_per_actor, cfg.read_cpus):

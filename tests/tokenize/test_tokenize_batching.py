@@ -294,22 +294,17 @@ def test_shard_reader_does_not_import_torch(tmp_path):
     hundred MiB per reader (codec/__init__.py imports Codec lazily for this)."""
     import subprocess
     import sys
-    from pathlib import Path
+
+    from tests.conftest import REPO
 
     shard = tmp_path / "000000.tar"
-    buf = io.BytesIO()
-    sf.write(buf, (0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32), 24000, format="FLAC")
-    with tarfile.open(shard, "w") as tar:
-        for name, data in (("k0.flac", buf.getvalue()), ("k0.json", b'{"key": "k0"}')):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    repo = Path(__file__).resolve().parents[2]
+    _tar(shard, [("k0.flac", _flac((0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32))),
+                 ("k0.json", b'{"key": "k0"}')])
     code = ("import sys, pyarrow as pa, codec.batching as b\n"
             f"t = pa.table({{'shard': ['000000'], 'path': [{str(shard)!r}]}})\n"
             "rows = sum(len(x) for x in b.read_stage(t, b.BatchingConfig()))\n"
             "print(rows, 'torch' in sys.modules)\n"
             "from codec import Codec\n"
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "False", "True"]
