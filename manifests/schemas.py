@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: quality.speaker_purity (the share of a segment's diarized speech that is its own speaker's)
+SCHEMA_VERSION = 2
 
 WORD = pa.struct(
     [
@@ -36,6 +37,7 @@ QUALITY = pa.struct(
         ("clipping_ratio", pa.float64()),
         ("speech_rate_cps", pa.float64()),
         ("overlap_ratio", pa.float64()),
+        ("speaker_purity", pa.float64()),
     ]
 )
 

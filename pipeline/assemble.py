@@ -16,7 +16,7 @@ from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.diarize import Diarization
 from pipeline.quality import drop_reason, frame_power, measure, noise_floor
 from pipeline.transcribe import Transcript
-from pipeline.utterances import assign_speakers, build_utterances
+from pipeline.utterances import assign_speakers, build_utterances, speaker_purity
 
 
 def encode_flac(pcm16: np.ndarray, rate: int) -> bytes:
@@ -54,14 +54,15 @@ class Assembler:
         cfg = self.cfg
         total = len(audio16) / cfg.analysis_rate
         words = [{**w, "seg": i} for i, s in enumerate(transcript.segments) for w in s["words"]]
-        if diarization is not None and diarization.exclusive:
-            words = assign_speakers(words, diarization.turns, diarization.exclusive)
+        exclusive = diarization.exclusive if diarization is not None else []
+        if exclusive:
+            words = assign_speakers(words, diarization.turns, exclusive)
             labels = sorted({t[2] for t in diarization.turns})
         else:
             words = [{**w, "speaker": "SPEAKER_00", "overlap": False} for w in words]
             labels = ["SPEAKER_00"]
         utts = build_utterances(words, max_pause=cfg.max_pause, max_duration=cfg.max_duration,
-                                min_duration=cfg.min_duration, edge_pad=cfg.edge_pad, total=total)
+                                min_duration=cfg.min_duration, edge_pad=cfg.edge_pad, total=total, turns=exclusive)
         noise = noise_floor(frame_power(audio16))
         sid = source["source_id"]
         rows, samples = [], []
@@ -71,6 +72,7 @@ class Assembler:
             quality = measure(audio16, u.start, u.end, noise, len(text))
             n_over = sum(1 for w in u.words if w.get("overlap"))
             quality["overlap_ratio"] = n_over / max(1, len(u.words))
+            quality["speaker_purity"] = speaker_purity(exclusive, u.start, u.end, u.speaker) if exclusive else None
             row = {
                 "key": f"{sid}_{i:05d}",
                 "source_id": sid,

@@ -103,7 +103,14 @@ class IngestConfig:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    # silhouette: the number of speakers chosen per recording (pipeline.speaker_clustering);
+    # threshold: pyannote's agglomerative clustering cut at cluster_threshold (cosine distance)
+    clustering: str = "silhouette"
+    min_silhouette: float = 0.2  # below this best silhouette a recording has one speaker
     cluster_threshold: float = 0.6
+    # a segment keeps its audio only if at least this share of the diarized speech inside it is
+    # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
+    min_speaker_purity: float = 0.9
     keep_overlap: bool = False  # keep segments with overlapped speech (marked in quality.overlap_ratio)
     hf_token: str | None = None
 
@@ -156,6 +163,18 @@ class IngestConfig:
             raise ConfigError("shard_max_bytes and shard_max_samples must be >= 1")
         if self.min_speech_rate >= self.max_speech_rate:
             raise ConfigError("min_speech_rate must be below max_speech_rate")
+        if self.clustering not in ("silhouette", "threshold"):
+            raise ConfigError(f"clustering must be 'silhouette' or 'threshold', got {self.clustering!r}")
+        if not -1.0 <= self.min_silhouette <= 1.0:
+            raise ConfigError(f"min_silhouette is a silhouette score in [-1, 1], got {self.min_silhouette}")
+        if not 0.0 <= self.min_speaker_purity <= 1.0:
+            raise ConfigError(f"min_speaker_purity is a share in [0, 1], got {self.min_speaker_purity}")
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1 (or unset), got {v}")
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ConfigError(f"min_speakers ({self.min_speakers}) is above max_speakers ({self.max_speakers})")
         if self.analysis_rate != 16_000:
             raise ConfigError("analysis_rate must be 16000: the VAD, ASR and speaker models are 16 kHz models")
         resources = _default_resources()

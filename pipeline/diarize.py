@@ -1,7 +1,10 @@
 """Diarize stage: pyannote ``SpeakerDiarization`` -> speaker turns with global ids.
 
 Offline default: the segmentation model whisperx ships + resemblyzer's speaker encoder,
-agglomerative clustering on cosine distance (no PLDA: none ships offline). The raw
+with the number of speakers chosen per recording by the silhouette of an average-linkage
+dendrogram (``pipeline.speaker_clustering``; no PLDA: none ships offline).
+``clustering="threshold"`` keeps pyannote's agglomerative clustering cut at a fixed cosine
+distance (``threshold``). The raw
 segmentation scores computed by the segment stage are reused, so the segmentation model
 runs once per source. ``diarization="pyannote/speaker-diarization-community-1"`` (or a
 local path) loads a pretrained pyannote pipeline instead, for users with a hub or cache.
@@ -27,9 +30,12 @@ class Diarization:
     exclusive: list[tuple[float, float, str]]
 
 
-def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5, min_cluster_size=6):
+def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5, min_cluster_size=6,
+                            clustering="silhouette", min_silhouette=0.2):
     from pyannote.audio.pipelines import SpeakerDiarization
     from pyannote.audio.pipelines.clustering import AgglomerativeClustering
+
+    from pipeline.speaker_clustering import SilhouetteClustering
 
     seg_model = load_segmentation_model(segmentation_path, token)
 
@@ -58,13 +64,18 @@ def _build_offline_pipeline(segmentation_path, step, threshold, device, token, o
     from pyannote.audio.core.io import Audio
 
     p._audio = Audio(sample_rate=16_000, mono="downmix")
-    p.klustering = "AgglomerativeClustering"
-    p.clustering = AgglomerativeClustering(metric="cosine")
     p._expects_num_speakers = False
-    p.instantiate({
-        "segmentation": {"threshold": onset, "min_duration_off": 0.0},
-        "clustering": {"method": "centroid", "min_cluster_size": min_cluster_size, "threshold": threshold},
-    })
+    if clustering == "silhouette":
+        p.klustering = "SilhouetteClustering"
+        p.clustering = SilhouetteClustering(min_silhouette=min_silhouette)
+        p.instantiate({"segmentation": {"threshold": onset, "min_duration_off": 0.0}, "clustering": {}})
+    else:
+        p.klustering = "AgglomerativeClustering"
+        p.clustering = AgglomerativeClustering(metric="cosine")
+        p.instantiate({
+            "segmentation": {"threshold": onset, "min_duration_off": 0.0},
+            "clustering": {"method": "centroid", "min_cluster_size": min_cluster_size, "threshold": threshold},
+        })
     p.to(device)
     return p
 
@@ -76,7 +87,7 @@ class Diarizer:
                  step: float = 0.25, threshold: float = 0.6, device: str = "auto", threads: int = 1,
                  num_speakers: int | None = None, min_speakers: int | None = None,
                  max_speakers: int | None = None, token: str | None = None, onset: float = 0.5,
-                 min_cluster_size: int = 6):
+                 min_cluster_size: int = 6, clustering: str = "silhouette", min_silhouette: float = 0.2):
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
@@ -84,7 +95,7 @@ class Diarizer:
         self.offline = diarization == "offline"
         if self.offline:
             self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
-                                                   min_cluster_size)
+                                                   min_cluster_size, clustering, min_silhouette)
         else:
             from pyannote.audio import Pipeline
 

@@ -88,7 +88,9 @@ def annotation(turns: list[tuple[float, float, str]], uri: str):
 
 
 def der(references: dict, hypotheses: dict, uems: dict | None = None, collar: float = 0.0) -> dict:
-    """Aggregate DER over uris (pyannote.metrics), plus its components."""
+    """Aggregate DER over uris (pyannote.metrics), plus its components and each uri's DER
+    (``per_uri``). ``collar`` is pyannote's: the total width ignored around each reference
+    boundary (0.5 = ±0.25 s)."""
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
@@ -102,7 +104,8 @@ def der(references: dict, hypotheses: dict, uems: dict | None = None, collar: fl
     total = max(comps["total"], 1e-9)
     return {"der": abs(metric), "missed": comps["missed detection"] / total,
             "false_alarm": comps["false alarm"] / total, "confusion": comps["confusion"] / total,
-            "n_files": len(metric.results_)}
+            "n_files": len(metric.results_),
+            "per_uri": {uri: metric.compute_metric(r) for uri, r in metric.results_}}
 
 
 def has_full_transcript(row: dict) -> bool:
@@ -132,3 +135,33 @@ def segments_to_annotations(rows: list[dict]) -> dict:
         uri = Path(r["source_path"]).stem
         by_uri.setdefault(uri, []).append((r["start"], r["end"], r["speaker"]))
     return {u: annotation(t, u) for u, t in by_uri.items()}
+
+
+def speaker_purity_consistency(reference, segments: list[tuple[float, float, str]], uem=None) -> dict:
+    """Of kept segments ``(start, end, speaker)`` against a reference Annotation (seconds):
+
+    purity: the share of the reference speech inside the segments that belongs to each
+    segment's majority reference speaker (duration-weighted over segments: 1.0 = every
+    segment holds one voice); consistency: the share of each reference speaker's speech
+    inside the segments that carries that speaker's majority segment label (1.0 = no
+    speaker split over labels). Returns the sums behind both, so recordings pool exactly.
+    """
+    from pyannote.core import Segment
+
+    ref = reference.crop(uem) if uem is not None else reference
+    major = total = 0.0
+    by_ref: dict = {}
+    for s, e, label in segments:
+        per = {}
+        for seg, _, spk in ref.crop(Segment(s, e), mode="intersection").itertracks(yield_label=True):
+            per[spk] = per.get(spk, 0.0) + seg.duration
+        if per:
+            major += max(per.values())
+            total += sum(per.values())
+        for spk, d in per.items():
+            by_ref.setdefault(spk, {}).setdefault(label, 0.0)
+            by_ref[spk][label] += d
+    cons_major = sum(max(v.values()) for v in by_ref.values())
+    cons_total = sum(sum(v.values()) for v in by_ref.values())
+    return {"purity": major / total if total else None, "consistency": cons_major / cons_total if cons_total else None,
+            "purity_sums": (major, total), "consistency_sums": (cons_major, cons_total)}

@@ -80,10 +80,20 @@ def parse_args(argv=None) -> IngestConfig:
     g = ap.add_argument_group("diarization")
     g.add_argument("--diarization", default=d.diarization,
                    help="offline | none | a pyannote pipeline name or path (default %(default)s)")
-    g.add_argument("--num-speakers", type=int, default=None)
-    g.add_argument("--min-speakers", type=int, default=None)
-    g.add_argument("--max-speakers", type=int, default=None)
-    g.add_argument("--cluster-threshold", type=float, default=d.cluster_threshold, help="cosine distance")
+    g.add_argument("--num-speakers", type=int, default=None, help="speakers per source, when known")
+    g.add_argument("--min-speakers", type=int, default=None, help="at least this many speakers per source")
+    g.add_argument("--max-speakers", type=int, default=None,
+                   help="at most this many speakers per source (default: 10 searched)")
+    g.add_argument("--clustering", choices=["silhouette", "threshold"], default=d.clustering,
+                   help="offline diarizer: choose the speaker count per source by silhouette, or cut at "
+                        "--cluster-threshold (default %(default)s)")
+    g.add_argument("--min-silhouette", type=float, default=d.min_silhouette,
+                   help="below this best silhouette a source has one speaker (default %(default)s)")
+    g.add_argument("--cluster-threshold", type=float, default=d.cluster_threshold,
+                   help="cosine distance, with --clustering threshold (default %(default)s)")
+    g.add_argument("--min-speaker-purity", type=float, default=d.min_speaker_purity,
+                   help="drop a segment as mixed_speakers below this share of its own speaker's "
+                        "diarized speech (default %(default)s)")
     g.add_argument("--keep-overlap", action="store_true", help="keep segments with overlapped speech")
     g = ap.add_argument_group("filters")
     for name in ("min_avg_logprob", "max_no_speech_prob", "max_compression_ratio", "min_speech_rate",

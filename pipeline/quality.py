@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 FRAME = 400  # 25 ms at 16 kHz
-DROP_REASONS = ("no_text", "overlap", "too_short", "too_long", "no_speech", "low_asr_confidence",
+DROP_REASONS = ("no_text", "overlap", "mixed_speakers", "too_short", "too_long", "no_speech", "low_asr_confidence",
                 "repetitive_text", "speech_rate", "clipping", "low_snr")
 
 
@@ -46,6 +46,8 @@ def drop_reason(seg: dict, cfg) -> str | None:
         return "no_text"
     if seg["overlap"] and not cfg.keep_overlap:
         return "overlap"
+    if q.get("speaker_purity") is not None and q["speaker_purity"] < cfg.min_speaker_purity:
+        return "mixed_speakers"
     if seg["duration"] < cfg.min_duration:
         return "too_short"
     if seg["duration"] > cfg.max_duration + 1e-6:

@@ -188,7 +188,7 @@ class Diarize(_Stage):
             r = cfg.resources["diarize"]
             self.diarizer = Diarizer(cfg.diarization, cfg.vad_model, cfg.segmentation_step, cfg.cluster_threshold,
                                      cfg.device, r.threads, cfg.num_speakers, cfg.min_speakers, cfg.max_speakers,
-                                     cfg.hf_token)
+                                     cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette)
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech

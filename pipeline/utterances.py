@@ -1,9 +1,10 @@
 """Build single-speaker utterances from words, speaker turns and pauses.
 
 Pure logic (no models): words come from the transcriber, speakers from the diarizer.
-Boundaries fall only between words: at speaker changes, at pauses of at least
-``max_pause`` s, at overlapped speech, and, for runs longer than ``max_duration``, at the
-longest pause inside the run. All times are seconds relative to the source.
+Boundaries fall only between words: at speaker changes (of the words' speakers, or of the
+diarizer's turns in the pause between two words of one speaker, e.g. a backchannel that ASR
+did not transcribe), at pauses of at least ``max_pause`` s, at overlapped speech, and, for
+runs longer than ``max_duration``, at the longest pause inside the run. All times are seconds relative to the source.
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ def assign_speakers(words: list[dict], turns: list[tuple[float, float, str]],
     return out
 
 
+def other_speaker_time(turns: list[tuple[float, float, str]], start: float, end: float, speaker) -> float:
+    """Seconds of ``[start, end)`` covered by turns of speakers other than ``speaker``."""
+    return sum(_overlap(start, end, s, e) for s, e, spk in turns if spk != speaker)
+
+
+def speaker_purity(turns: list[tuple[float, float, str]], start: float, end: float, speaker) -> float | None:
+    """Share of the diarized speech in ``[start, end)`` that belongs to ``speaker`` (exclusive
+    turns: one speaker at a time). None when no turn falls inside."""
+    own = sum(_overlap(start, end, s, e) for s, e, spk in turns if spk == speaker)
+    total = own + other_speaker_time(turns, start, end, speaker)
+    return own / total if total > 0 else None
+
+
+def _changes(turns, a: dict, b: dict, min_change: float) -> bool:
+    """Another speaker than ``a``'s speaks between the end of word ``a`` and the start of ``b``."""
+    return bool(turns) and other_speaker_time(turns, a["end"], b["start"], a["speaker"]) > min_change
+
+
 def _split_long(words: list[dict], max_duration: float) -> list[list[dict]]:
     """Cut a run of words at its longest inner pause until each piece fits ``max_duration``."""
     if len(words) <= 1 or words[-1]["end"] - words[0]["start"] <= max_duration:
@@ -62,8 +81,13 @@ def _split_long(words: list[dict], max_duration: float) -> list[list[dict]]:
 
 
 def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration: float = 30.0,
-                     min_duration: float = 1.0, edge_pad: float = 0.1, total: float | None = None) -> list[Utterance]:
+                     min_duration: float = 1.0, edge_pad: float = 0.1, total: float | None = None,
+                     turns: list[tuple[float, float, str]] = (), min_change: float = 0.05) -> list[Utterance]:
     """Words (with ``speaker`` and ``overlap`` from :func:`assign_speakers`) -> utterances.
+
+    ``turns``: the diarizer's exclusive turns (start, end, label), seconds; two words of one
+    speaker are never joined across more than ``min_change`` s of another speaker's turn
+    (the tolerance absorbs frame rounding at turn edges).
 
     Adjacent runs of the same speaker shorter than ``min_duration`` are merged when the pause
     between them is below ``max_pause`` * 2 and the result fits; edges get ``edge_pad`` s of
@@ -75,7 +99,7 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
         if runs:
             prev = runs[-1][-1]
             same = (w["speaker"] == prev["speaker"] and w.get("overlap", False) == prev.get("overlap", False))
-            if same and w["start"] - prev["end"] < max_pause:
+            if same and w["start"] - prev["end"] < max_pause and not _changes(turns, prev, w, min_change):
                 runs[-1].append(w)
                 continue
         runs.append([w])
@@ -91,7 +115,8 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
             short = (p[-1]["end"] - p[0]["start"] < min_duration) or (q[-1]["end"] - q[0]["start"] < min_duration)
             fits = p[-1]["end"] - q[0]["start"] <= max_duration
             same = p[0]["speaker"] == q[-1]["speaker"] and p[0].get("overlap") == q[-1].get("overlap")
-            if short and fits and same and p[0]["start"] - q[-1]["end"] < 2 * max_pause:
+            if (short and fits and same and p[0]["start"] - q[-1]["end"] < 2 * max_pause
+                    and not _changes(turns, q[-1], p[0], min_change)):
                 q.extend(p)
                 continue
         merged.append(list(p))

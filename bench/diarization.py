@@ -1,0 +1,191 @@
+"""Diarization accuracy on real multi-speaker recordings: the diarize stage alone, and what the
+whole ingest gives users (the speaker labels of its ``segments`` rows).
+
+    .venv/bin/python bench/diarization.py [--mode stage|ingest|both] [--split tune|held|all]
+        [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
+
+Recordings (every multi-speaker file with a reference RTTM in ../shared):
+  - ``../shared/speech/pyannote-audio/tests/data``: 14 AMI clips of 30 s, scored inside their UEM;
+  - ``../shared/diarization``: 3 AMI meeting excerpts (15-60 s, 4 speakers) and 13 two-speaker
+    excerpts (9 s, coarse turns).
+Split, fixed here so that figures are never reported on what was tuned on:
+  tune = the 10 ``debug.train`` clips + the 9 EN2002b pairs;
+  held = the 4 ``debug.development``/``debug.test`` clips + the 3 meeting excerpts + the 4 ES2002a pairs.
+
+Figures (pyannote.metrics): DER with its parts (missed, false alarm, confusion), with a ±0.25 s
+collar (``collar=0.5``) and without; speakers found against the reference (the count is "right"
+within ±1); and for the ingest's kept segments, speaker purity and consistency
+(``pipeline.evaluation.speaker_purity_consistency``). Pooled figures are duration-weighted
+sums over the recordings of a split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("VOXFORGE_SHARED", REPO.parent / "shared"))
+
+from pipeline.evaluation import annotation, der, load_rttm, load_uem, speaker_purity_consistency  # noqa: E402
+
+
+def recordings() -> list[dict]:
+    """Each: uri, path, reference (Annotation), uem (Timeline or None), split, group."""
+    out = []
+    debug = SHARED / "speech" / "pyannote-audio" / "tests" / "data"
+    for part in ("train", "development", "test"):
+        refs = load_rttm(debug / f"debug.{part}.rttm")
+        uems = load_uem(debug / f"debug.{part}.uem")
+        for name in (debug / f"debug.{part}.lst").read_text(encoding="utf-8").split():
+            uri = name.replace("ñ", "n")  # trñ00.wav is trn00 in the RTTM and UEM
+            out.append({"uri": uri, "path": str(debug / f"{name}.wav"), "reference": refs[uri], "uem": uems.get(uri),
+                        "split": "tune" if part == "train" else "held", "group": "ami-30s"})
+    with open(SHARED / "diarization" / "MANIFEST.tsv", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            path = SHARED / "diarization" / row["path"]
+            uri = path.stem
+            pair = row["path"].startswith("pairs/")
+            out.append({"uri": uri, "path": str(path), "reference": load_rttm(SHARED / "diarization" / row["rttm"])[uri],
+                        "uem": None, "split": "tune" if pair and "en2002b" in uri else "held",
+                        "group": "ami-pairs-9s" if pair else "ami-meeting"})
+    return out
+
+
+def n_speakers(reference, uem) -> int:
+    return len((reference.crop(uem) if uem is not None else reference).labels())
+
+
+def run_stage(recs: list[dict], cfg_args: list[str]) -> dict[str, list[tuple[float, float, str]]]:
+    """The diarize stage alone, with the ingest's own settings (``cfg_args`` as on its command
+    line), on 16 kHz audio decoded by the ingest's decoder: uri -> speaker turns."""
+    from pipeline.decode import Decoder
+    from pipeline.ingest import parse_args
+    from pipeline.stages import Diarize, Segment
+
+    cfg = parse_args(["--input", "-", "--output", "-", *cfg_args])
+    decoder, segment, diarize = Decoder(), Segment(cfg), Diarize(cfg)
+    out = {}
+    for r in recs:
+        row = {"path": r["path"], "status": "ok", "audio16": decoder(r["path"]).audio16}
+        segment.process(row)
+        diarize.process(row)
+        out[r["uri"]] = row["diarization"].turns if row["diarization"] else []
+    return out
+
+
+def run_ingest(recs: list[dict], work: Path, cfg_args: list[str]) -> tuple[dict, dict]:
+    """The whole ingest on the recordings -> (uri -> all segment rows as (start, end, speaker),
+    uri -> kept ones)."""
+    import duckdb
+
+    work.mkdir(parents=True, exist_ok=True)
+    listing = work / "inputs.txt"
+    listing.write_text("".join(r["path"] + "\n" for r in recs), encoding="utf-8")
+    out = work / "out"
+    cmd = [sys.executable, str(REPO / "pipeline" / "ingest.py"), "--input", str(listing), "--output", str(out), *cfg_args]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    by_path = {r["path"]: r["uri"] for r in recs}
+    rows = duckdb.sql(f"SELECT source_path, start, \"end\", speaker, kept FROM "
+                      f"read_parquet('{out}/manifests/segments/*.parquet', union_by_name=true)").fetchall()
+    every, kept = {r["uri"]: [] for r in recs}, {r["uri"]: [] for r in recs}
+    for path, s, e, spk, k in rows:
+        uri = by_path.get(path)
+        if uri is None:
+            continue
+        every[uri].append((s, e, spk))
+        if k:
+            kept[uri].append((s, e, spk))
+    return every, kept
+
+
+def score(recs: list[dict], turns: dict, kept: dict | None = None) -> dict:
+    """DER (±0.25 s collar and none), speaker counts and, given kept segments, purity and
+    consistency: per recording and pooled."""
+    refs = {r["uri"]: r["reference"] for r in recs}
+    uems = {r["uri"]: r["uem"] for r in recs if r["uem"] is not None}
+    hyps = {u: annotation(t, u) for u, t in turns.items()}
+    collar, none = der(refs, hyps, uems, collar=0.5), der(refs, hyps, uems, collar=0.0)
+    per, count_ok, sums = {}, 0, [0.0, 0.0, 0.0, 0.0]
+    for r in recs:
+        u = r["uri"]
+        k_ref, k_hyp = n_speakers(r["reference"], r["uem"]), len(hyps[u].labels())
+        count_ok += abs(k_ref - k_hyp) <= 1
+        per[u] = {"group": r["group"], "der": collar["per_uri"][u], "der_no_collar": none["per_uri"][u],
+                  "speakers_ref": k_ref, "speakers_found": k_hyp}
+        if kept is not None:
+            pc = speaker_purity_consistency(r["reference"], kept[u], r["uem"])
+            per[u].update(purity=pc["purity"], consistency=pc["consistency"])
+            sums = [a + b for a, b in zip(sums, (*pc["purity_sums"], *pc["consistency_sums"]))]
+    pooled = {"der": collar["der"], "missed": collar["missed"], "false_alarm": collar["false_alarm"],
+              "confusion": collar["confusion"], "der_no_collar": none["der"],
+              "speaker_count_within_1": count_ok / len(recs), "n": len(recs)}
+    if kept is not None:
+        pooled["purity"] = sums[0] / sums[1] if sums[1] else None
+        pooled["consistency"] = sums[2] / sums[3] if sums[3] else None
+    return {"pooled": pooled, "per_recording": per}
+
+
+def _f(x) -> str:
+    return "   -  " if x is None else f"{x:6.3f}"
+
+
+def print_report(title: str, res: dict) -> None:
+    print(f"\n== {title}")
+    print(f"{'recording':28s} {'group':13s} {'DER':>6s} {'DER0':>6s} {'spk':>7s} {'purity':>6s} {'consis':>6s}")
+    for u, p in res["per_recording"].items():
+        print(f"{u:28s} {p['group']:13s} {_f(p['der'])} {_f(p['der_no_collar'])} "
+              f"{p['speakers_found']:>3d}/{p['speakers_ref']:<3d} {_f(p.get('purity'))} {_f(p.get('consistency'))}")
+    q = res["pooled"]
+    print(f"POOLED ({q['n']}): DER {q['der']:.3f} (missed {q['missed']:.3f}, false alarm {q['false_alarm']:.3f}, "
+          f"confusion {q['confusion']:.3f}; no collar {q['der_no_collar']:.3f}); speaker count within ±1 on "
+          f"{q['speaker_count_within_1']:.0%}" + (f"; purity {_f(q['purity'])}, consistency {_f(q['consistency'])}"
+                                                  if "purity" in q else ""))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=["stage", "ingest", "both"], default="both")
+    ap.add_argument("--split", choices=["tune", "held", "all"], default="all")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_diarization"))
+    ap.add_argument("--pipeline-args", default="", help="ingest options (e.g. '--clustering threshold')")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg_args = shlex.split(a.pipeline_args)
+    recs = recordings()
+    splits = ["tune", "held"] if a.split == "all" else [a.split]
+    report: dict = {"pipeline_args": a.pipeline_args}
+    for split in splits:
+        sub = [r for r in recs if r["split"] == split]
+        if a.mode in ("stage", "both"):
+            t = time.perf_counter()
+            res = score(sub, run_stage(sub, cfg_args))
+            print_report(f"diarize stage alone, {split} ({time.perf_counter() - t:.0f} s)", res)
+            report[f"stage_{split}"] = res
+        if a.mode in ("ingest", "both"):
+            t = time.perf_counter()
+            import shutil
+
+            shutil.rmtree(a.work / split, ignore_errors=True)  # a fresh run, not a resume
+            every, kept = run_ingest(sub, a.work / split, cfg_args)
+            res = score(sub, every, kept)
+            print_report(f"ingest segments (all rows' speakers; purity/consistency of kept rows), {split} "
+                         f"({time.perf_counter() - t:.0f} s)", res)
+            report[f"ingest_{split}"] = res
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

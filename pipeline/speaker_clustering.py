@@ -1,0 +1,83 @@
+"""Global speaker clustering of the offline diarizer: how many speakers, and who is who.
+
+pyannote's pipeline gives one speaker embedding per (5 s chunk, local speaker) and asks a
+clustering object for the global speaker of each. Its agglomerative clustering cuts the
+dendrogram at a fixed cosine distance; with resemblyzer's embeddings of a few seconds of
+masked speech that distance is not stable across recordings (bench/diarization.py: the same
+threshold merged all four speakers of one AMI meeting into one and split another in seven).
+
+``SilhouetteClustering`` instead picks the number of speakers per recording: it builds the
+average-linkage dendrogram of the embeddings (cosine) and keeps the cut into k = 2..max
+clusters whose silhouette is highest; a recording whose best silhouette stays below
+``min_silhouette`` has one speaker. The silhouette compares each embedding's mean distance
+to its own cluster with that to the nearest other cluster, so it is scale-free: it does not
+need a distance calibrated for one microphone or one embedding model. Speaker hints
+(``num_speakers`` / ``min_speakers`` / ``max_speakers``) bound k. Embeddings of local
+speakers too short to cluster are then assigned to the nearest centroid, two local speakers
+of one chunk never to the same cluster (pyannote's constrained assignment: the segmentation
+model already told them apart).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyannote.audio.pipelines.clustering import BaseClustering
+
+DEFAULT_MAX_SPEAKERS = 10  # k searched when no --max-speakers is given
+
+
+def choose_clusters(embeddings: np.ndarray, min_clusters: int, max_clusters: int,
+                    min_silhouette: float) -> np.ndarray:
+    """embeddings [N, D] -> cluster index [N] in 0..k-1.
+
+    k is the cut of the average-linkage (cosine) dendrogram with the best silhouette among
+    ``max(2, min_clusters)..max_clusters``; k = 1 when ``min_clusters <= 1`` and that best
+    silhouette is below ``min_silhouette``.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.metrics import silhouette_score
+
+    n = len(embeddings)
+    if n < 2 or max_clusters < 2:
+        return np.zeros(n, dtype=int)
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    d = pdist(x, metric="cosine").clip(0.0, 2.0)
+    tree = linkage(d, method="average")
+    dist = squareform(d)
+    best, best_k = -np.inf, 1
+    for k in range(max(2, min_clusters), min(max_clusters, n - 1) + 1):
+        labels = fcluster(tree, k, criterion="maxclust")
+        if len(np.unique(labels)) < 2:
+            continue
+        score = silhouette_score(dist, labels, metric="precomputed")
+        if score > best:
+            best, best_k = score, k
+    if best_k == 1 or (min_clusters <= 1 and best < min_silhouette):
+        if min_clusters >= 2:  # a hint asked for more than the embeddings can give
+            best_k = min(min_clusters, n)
+        else:
+            return np.zeros(n, dtype=int)
+    return fcluster(tree, best_k, criterion="maxclust") - 1
+
+
+class SilhouetteClustering(BaseClustering):
+    """pyannote clustering object (``__call__(embeddings [C, L, D], segmentations, num_clusters,
+    min_clusters, max_clusters) -> hard [C, L], soft [C, L, K], centroids [K, D]``)."""
+
+    def __init__(self, min_silhouette: float = 0.2, max_speakers: int = DEFAULT_MAX_SPEAKERS):
+        super().__init__(metric="cosine", constrained_assignment=True)
+        self.min_silhouette = min_silhouette
+        self.default_max = max_speakers
+
+    def set_num_clusters(self, num_embeddings, num_clusters=None, min_clusters=None, max_clusters=None):
+        # pyannote's default upper bound is the number of embeddings; ours is a speaker count
+        # (pyannote passes np.inf when no maximum was given)
+        if max_clusters is None or not np.isfinite(max_clusters):
+            max_clusters = self.default_max
+        return super().set_num_clusters(num_embeddings, num_clusters, min_clusters, int(max_clusters))
+
+    def cluster(self, embeddings, min_clusters, max_clusters, num_clusters=None):
+        if num_clusters is not None:
+            min_clusters = max_clusters = num_clusters
+        return choose_clusters(embeddings, min_clusters, max_clusters, self.min_silhouette)
