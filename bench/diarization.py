@@ -11,6 +11,11 @@ Recordings (every multi-speaker file with a reference RTTM in ../shared):
 Split, fixed here so that figures are never reported on what was tuned on:
   tune = the 10 ``debug.train`` clips + the 9 EN2002b pairs;
   held = the 4 ``debug.development``/``debug.test`` clips + the 3 meeting excerpts + the 4 ES2002a pairs.
+``--simulated N`` adds N conversations of 2-6 voices (``simulated``, reported apart): turns of
+single-speaker files of ``../shared/speech`` (7 voices: Asterisk's en/fr/es/it/ru prompts, the
+MFA speaker (its mfa_* clips), the LibriVox reader) laid end to end with 0.1-0.8 s gaps and some 0.3 s overlaps,
+1.5-3 minutes each, with exact references. Never tuned on; they check the speaker count on
+longer recordings with more voices than the AMI material has.
 
 Figures (pyannote.metrics): DER with its parts (missed, false alarm, confusion), with a ±0.25 s
 collar (``collar=0.5``) and without; speakers found against the reference (the count is "right"
@@ -57,6 +62,56 @@ def recordings() -> list[dict]:
             out.append({"uri": uri, "path": str(path), "reference": load_rttm(SHARED / "diarization" / row["rttm"])[uri],
                         "uem": None, "split": "tune" if pair and "en2002b" in uri else "held",
                         "group": "ami-pairs-9s" if pair else "ami-meeting"})
+    return out
+
+
+VOICES = {  # voice -> files of one speaker (paths relative to ../shared/speech)
+    "asterisk-en": "asterisk-core-sounds/en/", "asterisk-fr": "asterisk-core-sounds/fr/",
+    "asterisk-es": "asterisk-core-sounds/es/", "asterisk-it": "asterisk-core-sounds/it/",
+    "asterisk-ru": "asterisk-core-sounds/ru/", "mfa": "mfa/tests/data/wav/mfa_", "librivox": "pocketsphinx/test/data/librivox/",
+}
+
+
+def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
+    """``n`` conversations of 2-6 voices written to ``work`` as 16 kHz FLAC + reference."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    speech = SHARED / "speech"
+    with open(speech / "MANIFEST.tsv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["n_speakers"] == "1" and not r["path"].endswith(".raw")]
+    files = {v: sorted(r["path"] for r in rows if r["path"].startswith(prefix) and 1.0 < float(r["duration_s"]) < 15)
+             for v, prefix in VOICES.items()}
+    rng = np.random.default_rng(seed)
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        k = 2 + i % 5
+        voices = list(rng.choice(sorted(files), size=k, replace=False))
+        target = rng.uniform(90, 180)
+        audio, turns, t, prev, used = [], [], 0.0, None, {v: 0 for v in voices}
+        while t < target:
+            v = voices[int(rng.integers(k))] if prev is None else rng.choice([x for x in voices if x != prev])
+            path = files[v][used[v] % len(files[v])]
+            used[v] += 1
+            x, sr = sf.read(speech / path, dtype="float32", always_2d=True)
+            x = soxr.resample(x.mean(1), sr, 16_000).astype(np.float32)
+            x *= 0.1 / max(float(np.sqrt(np.mean(x ** 2))), 1e-4)  # same loudness for every voice
+            gap = -0.3 if (prev is not None and rng.random() < 0.15) else rng.uniform(0.1, 0.8)
+            start = max(0.0, t + gap)
+            audio.append((start, x))
+            turns.append((start, start + len(x) / 16_000, v))
+            t, prev = start + len(x) / 16_000, v
+        total = np.zeros(int(t * 16_000) + 1, np.float32)
+        for start, x in audio:
+            a = int(start * 16_000)
+            total[a:a + len(x)] += x
+        uri = f"sim{i:02d}-{k}spk"
+        path = work / f"{uri}.flac"
+        sf.write(path, np.clip(total, -1, 1), 16_000, subtype="PCM_16")
+        out.append({"uri": uri, "path": str(path), "reference": annotation(turns, uri), "uem": None,
+                    "split": "simulated", "group": f"simulated-{k}"})
     return out
 
 
@@ -155,7 +210,10 @@ def print_report(title: str, res: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["stage", "ingest", "both"], default="both")
-    ap.add_argument("--split", choices=["tune", "held", "all"], default="all")
+    ap.add_argument("--split", choices=["tune", "held", "all", "none"], default="all",
+                    help="which real recordings (none: only --simulated)")
+    ap.add_argument("--simulated", type=int, default=0, metavar="N",
+                    help="also N simulated conversations of 2-6 voices, reported apart")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_diarization"))
     ap.add_argument("--pipeline-args", default="", help="ingest options (e.g. '--clustering threshold')")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -163,7 +221,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_args = shlex.split(a.pipeline_args)
     recs = recordings()
-    splits = ["tune", "held"] if a.split == "all" else [a.split]
+    splits = {"all": ["tune", "held"], "none": []}.get(a.split, [a.split])
+    if a.simulated:
+        recs += simulate_conversations(a.work / "simulated-audio", a.simulated)
+        splits.append("simulated")
     report: dict = {"pipeline_args": a.pipeline_args}
     for split in splits:
         sub = [r for r in recs if r["split"] == split]

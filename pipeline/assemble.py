@@ -16,7 +16,7 @@ from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.diarize import Diarization
 from pipeline.quality import drop_reason, frame_power, measure, noise_floor
 from pipeline.transcribe import Transcript
-from pipeline.utterances import assign_speakers, build_utterances, speaker_purity
+from pipeline.utterances import assign_speakers, build_utterances, speaker_purity, untranscribed_turns
 
 
 def encode_flac(pcm16: np.ndarray, rate: int) -> bytes:
@@ -56,13 +56,14 @@ class Assembler:
         words = [{**w, "seg": i} for i, s in enumerate(transcript.segments) for w in s["words"]]
         exclusive = diarization.exclusive if diarization is not None else []
         if exclusive:
-            words = assign_speakers(words, diarization.turns, exclusive)
+            words = assign_speakers(words, diarization.turns, exclusive, diarization.overlap)
             labels = sorted({t[2] for t in diarization.turns})
         else:
             words = [{**w, "speaker": "SPEAKER_00", "overlap": False} for w in words]
             labels = ["SPEAKER_00"]
         utts = build_utterances(words, max_pause=cfg.max_pause, max_duration=cfg.max_duration,
                                 min_duration=cfg.min_duration, edge_pad=cfg.edge_pad, total=total, turns=exclusive)
+        utts = sorted(utts + untranscribed_turns(exclusive, utts, max_pause=cfg.max_pause), key=lambda u: u.start)
         noise = noise_floor(frame_power(audio16))
         sid = source["source_id"]
         rows, samples = [], []

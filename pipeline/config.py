@@ -111,6 +111,10 @@ class IngestConfig:
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
     min_speaker_purity: float = 0.9
+    # overlapped speech: the segmentation model's second-speaker activation above this marks
+    # words as overlapped (their segments are dropped unless keep_overlap); None: only where
+    # two diarized turns overlap
+    overlap_threshold: float | None = 0.5
     keep_overlap: bool = False  # keep segments with overlapped speech (marked in quality.overlap_ratio)
     hf_token: str | None = None
 
@@ -167,6 +171,8 @@ class IngestConfig:
             raise ConfigError(f"clustering must be 'silhouette' or 'threshold', got {self.clustering!r}")
         if not -1.0 <= self.min_silhouette <= 1.0:
             raise ConfigError(f"min_silhouette is a silhouette score in [-1, 1], got {self.min_silhouette}")
+        if self.overlap_threshold is not None and not 0.0 < self.overlap_threshold < 1.0:
+            raise ConfigError(f"overlap_threshold is an activation in (0, 1) (or None: off), got {self.overlap_threshold}")
         if not 0.0 <= self.min_speaker_purity <= 1.0:
             raise ConfigError(f"min_speaker_purity is a share in [0, 1], got {self.min_speaker_purity}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):

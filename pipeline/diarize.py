@@ -12,7 +12,7 @@ local path) loads a pretrained pyannote pipeline instead, for users with a hub o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,10 +24,33 @@ from pipeline.speaker_embedding import ResemblyzerEmbedding
 @dataclass
 class Diarization:
     """turns: [(start, end, local_label)] seconds, possibly overlapping;
-    exclusive: the same with at most one speaker at a time (what words are assigned from)."""
+    exclusive: the same with at most one speaker at a time (what words are assigned from);
+    overlap: [(start, end)] seconds where the segmentation model hears two or more voices at
+    once, at a threshold of its own (``overlap_regions``), which finds overlap that the
+    turns, binarised at the diarizer's onset, miss."""
 
     turns: list[tuple[float, float, str]]
     exclusive: list[tuple[float, float, str]]
+    overlap: list[tuple[float, float]] = field(default_factory=list)
+
+
+def overlap_regions(segmentation: SegmentationResult, frames, threshold: float) -> list[tuple[float, float]]:
+    """Overlapped speech from the raw segmentation scores ``[chunks, frames, local speakers]``:
+    the second-highest local speaker activation of each frame (pyannote's overlapped speech
+    detection), averaged over the chunks that cover it, above ``threshold`` for >= 0.1 s.
+    ``frames``: the model's output frames (its ``receptive_field``)."""
+    from pyannote.audio import Inference
+    from pyannote.audio.utils.signal import Binarize
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    scores = segmentation.scores
+    if scores is None or scores.shape[-1] < 2 or not len(scores):
+        return []
+    second = np.sort(scores, axis=-1)[..., -2:-1]
+    sw = SlidingWindow(start=0.0, duration=segmentation.chunk_duration, step=segmentation.chunk_step)
+    agg = Inference.aggregate(SlidingWindowFeature(second, sw), frames, hamming=True)
+    timeline = Binarize(onset=threshold, offset=threshold, min_duration_on=0.1, min_duration_off=0.1)(agg)
+    return [(float(s.start), float(s.end)) for s in timeline.get_timeline().support()]
 
 
 def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5, min_cluster_size=6,
@@ -87,12 +110,14 @@ class Diarizer:
                  step: float = 0.25, threshold: float = 0.6, device: str = "auto", threads: int = 1,
                  num_speakers: int | None = None, min_speakers: int | None = None,
                  max_speakers: int | None = None, token: str | None = None, onset: float = 0.5,
-                 min_cluster_size: int = 6, clustering: str = "silhouette", min_silhouette: float = 0.2):
+                 min_cluster_size: int = 6, clustering: str = "silhouette", min_silhouette: float = 0.2,
+                 overlap_threshold: float | None = 0.5):
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
                                          max_speakers=max_speakers).items() if v is not None}
         self.offline = diarization == "offline"
+        self.overlap_threshold = overlap_threshold
         if self.offline:
             self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
                                                    min_cluster_size, clustering, min_silhouette)
@@ -118,4 +143,12 @@ class Diarizer:
         excl = getattr(out, "exclusive_speaker_diarization", ann)
         turns = [(float(s.start), float(s.end), str(label)) for s, _, label in ann.itertracks(yield_label=True)]
         exclusive = [(float(s.start), float(s.end), str(label)) for s, _, label in excl.itertracks(yield_label=True)]
-        return Diarization(sorted(turns), sorted(exclusive))
+        overlap = []
+        # the raw scores are those of the offline segmentation model (a pretrained pipeline's
+        # own model may frame its output differently; its turns already carry overlap)
+        if self.offline and self.overlap_threshold is not None and segmentation is not None:
+            overlap = overlap_regions(segmentation, self._frames(), self.overlap_threshold)
+        return Diarization(sorted(turns), sorted(exclusive), overlap)
+
+    def _frames(self):
+        return self.pipeline._segmentation.model.receptive_field

@@ -95,6 +95,9 @@ def parse_args(argv=None) -> IngestConfig:
                    help="drop a segment as mixed_speakers below this share of its own speaker's "
                         "diarized speech (default %(default)s)")
     g.add_argument("--keep-overlap", action="store_true", help="keep segments with overlapped speech")
+    g.add_argument("--overlap-threshold", type=float, default=d.overlap_threshold,
+                   help="second-speaker activation of the segmentation model that marks overlapped "
+                        "speech (default %(default)s)")
     g = ap.add_argument_group("filters")
     for name in ("min_avg_logprob", "max_no_speech_prob", "max_compression_ratio", "min_speech_rate",
                  "max_speech_rate", "max_clipping_ratio", "min_snr_db", "min_source_duration", "silence_dbfs"):

@@ -188,7 +188,8 @@ class Diarize(_Stage):
             r = cfg.resources["diarize"]
             self.diarizer = Diarizer(cfg.diarization, cfg.vad_model, cfg.segmentation_step, cfg.cluster_threshold,
                                      cfg.device, r.threads, cfg.num_speakers, cfg.min_speakers, cfg.max_speakers,
-                                     cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette)
+                                     cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette,
+                                     overlap_threshold=cfg.overlap_threshold)
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech

@@ -34,9 +34,11 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 
 def assign_speakers(words: list[dict], turns: list[tuple[float, float, str]],
-                    exclusive: list[tuple[float, float, str]]) -> list[dict]:
+                    exclusive: list[tuple[float, float, str]],
+                    overlap: list[tuple[float, float]] = ()) -> list[dict]:
     """Give each word the speaker it overlaps most (exclusive diarization; nearest turn when
-    it overlaps none) and flag words spoken while two or more speakers are active."""
+    it overlaps none) and flag words spoken while two or more speakers are active: over half
+    of the word inside two turns at once, or inside the detected ``overlap`` regions."""
     out = []
     for w in words:
         w0, w1 = w["start"], max(w["end"], w["start"] + 1e-3)
@@ -49,7 +51,8 @@ def assign_speakers(words: list[dict], turns: list[tuple[float, float, str]],
             mid = (w0 + w1) / 2
             best = min(exclusive, key=lambda t: min(abs(mid - t[0]), abs(mid - t[1])))[2]
         active = {spk for s, e, spk in turns if _overlap(w0, w1, s, e) > 0.5 * (w1 - w0)}
-        out.append({**w, "speaker": best, "overlap": len(active) >= 2})
+        heard = sum(_overlap(w0, w1, s, e) for s, e in overlap) > 0.5 * (w1 - w0)
+        out.append({**w, "speaker": best, "overlap": len(active) >= 2 or heard})
     return out
 
 
@@ -136,3 +139,32 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
         utts.append(Utterance(start=start, end=end, speaker=p[0]["speaker"], words=p,
                               overlap=any(w.get("overlap") for w in p)))
     return utts
+
+
+def untranscribed_turns(exclusive: list[tuple[float, float, str]], utts: list[Utterance], *,
+                        max_pause: float = 0.8, min_duration: float = 0.2) -> list[Utterance]:
+    """Diarized speech outside every utterance (no words came from ASR there: a backchannel, a
+    laugh, a word too faint): the parts of the exclusive turns not covered by ``utts``, joined
+    per speaker across pauses below ``max_pause`` s, those of at least ``min_duration`` s, as
+    word-less utterances. They get a ``segments`` row (dropped, ``no_text``), so the manifests
+    account for all the speech the diarizer heard."""
+    spans = sorted((u.start, u.end) for u in utts)
+    pieces: list[tuple[float, float, str]] = []
+    for s, e, spk in sorted(exclusive):
+        cur = s
+        for a, b in spans:
+            if b <= cur or a >= e:
+                continue
+            if a > cur:
+                pieces.append((cur, a, spk))
+            cur = max(cur, b)
+        if cur < e:
+            pieces.append((cur, e, spk))
+    joined: list[list] = []
+    for s, e, spk in pieces:
+        if joined and joined[-1][2] == spk and s - joined[-1][1] < max_pause and not any(
+                joined[-1][1] <= a < s or joined[-1][1] < b <= s for a, b in spans):
+            joined[-1][1] = max(joined[-1][1], e)
+        else:
+            joined.append([s, e, spk])
+    return [Utterance(start=s, end=e, speaker=spk) for s, e, spk in joined if e - s >= min_duration]

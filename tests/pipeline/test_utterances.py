@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from pipeline.utterances import assign_speakers, build_utterances
 
 
@@ -58,3 +60,48 @@ def test_assign_speakers_by_largest_overlap_and_flags_overlap():
     out = assign_speakers(words, turns, exclusive)
     assert [x["speaker"] for x in out] == ["S0", "S0", "S1", "S1"]
     assert [x["overlap"] for x in out] == [False, True, False, False]
+
+
+def test_no_utterance_spans_a_diarized_speaker_change_without_words():
+    from pipeline.utterances import speaker_purity
+
+    # A speaks, B answers with a backchannel that ASR missed (no words), A goes on: two utterances
+    words = [w("one", 0.0, 0.4), w("two", 0.5, 0.9), w("three", 1.5, 1.9), w("four", 2.0, 2.4)]
+    turns = [(0.0, 0.95, "A"), (1.0, 1.4, "B"), (1.45, 2.5, "A")]
+    utts = build_utterances(words, max_pause=0.8, min_duration=0.1, turns=turns)
+    assert [u.text for u in utts] == ["one two", "three four"]
+    # without the diarizer's turns the pause alone (0.6 s) would not split
+    assert len(build_utterances(words, max_pause=0.8, min_duration=0.1)) == 1
+    # a turn edge that strays by frame rounding does not split
+    assert len(build_utterances(words, max_pause=0.8, min_duration=0.1,
+                                turns=[(0.0, 0.95, "A"), (0.95, 0.98, "B"), (0.98, 2.5, "A")])) == 1
+    assert speaker_purity(turns, 0.0, 2.5, "A") == pytest.approx((0.95 + 1.05) / (0.95 + 1.05 + 0.4))
+    assert speaker_purity(turns, 3.0, 4.0, "A") is None
+
+
+def test_mixed_speakers_is_a_drop_reason():
+    from pipeline.config import IngestConfig
+    from pipeline.quality import drop_reason
+
+    cfg = IngestConfig(inputs=["x"], output="x")
+    seg = {"text": "hello there", "overlap": False, "duration": 2.0,
+           "asr": {"avg_logprob": -0.2, "no_speech_prob": 0.1, "compression_ratio": 1.2},
+           "quality": {"snr_db": 30.0, "clipping_ratio": 0.0, "speech_rate_cps": 10.0, "speaker_purity": 0.7}}
+    assert drop_reason(seg, cfg) == "mixed_speakers"
+    seg["quality"]["speaker_purity"] = 0.95
+    assert drop_reason(seg, cfg) is None
+    seg["quality"]["speaker_purity"] = None  # no diarization: nothing to check against
+    assert drop_reason(seg, cfg) is None
+
+
+def test_diarized_speech_without_words_becomes_wordless_utterances():
+    from pipeline.utterances import untranscribed_turns
+
+    words = [w("one", 0.0, 0.4), w("two", 0.5, 0.9)]
+    utts = build_utterances(words, min_duration=0.1, edge_pad=0.0)
+    exclusive = [(0.0, 0.9, "A"), (1.0, 1.6, "B"), (1.8, 2.3, "B"), (3.0, 3.1, "A"), (5.0, 6.0, "A")]
+    extra = untranscribed_turns(exclusive, utts, max_pause=0.8, min_duration=0.2)
+    # B's two turns joined across a 0.2 s pause; A's 0.1 s turn too short; A's later turn kept
+    assert [(u.start, u.end, u.speaker, u.text) for u in extra] == [(1.0, 2.3, "B", ""), (5.0, 6.0, "A", "")]
+    # the part of a turn that an utterance covers is not repeated
+    assert untranscribed_turns([(0.0, 0.9, "A")], utts) == []

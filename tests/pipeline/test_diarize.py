@@ -1,0 +1,80 @@
+"""The offline diarizer on a real 4-speaker AMI meeting: speaker count, hints, clustering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, IngestConfig
+from pipeline.evaluation import annotation, der, load_rttm
+from pipeline.ingest import parse_args
+from pipeline.speaker_clustering import choose_clusters
+from tests.conftest import REPO
+
+MEETING = REPO.parent / "shared" / "diarization" / "ami-es2004a-750-810"  # 60 s, 4 speakers
+
+
+@pytest.fixture(scope="module")
+def meeting():
+    if not MEETING.with_suffix(".wav").is_file():
+        pytest.skip(f"{MEETING}.wav not found (../shared/diarization)")
+    from pipeline.decode import Decoder
+    from pipeline.stages import Segment
+
+    row = {"path": str(MEETING.with_suffix(".wav")), "status": "ok"}
+    row["audio16"] = Decoder()(row["path"]).audio16
+    Segment(IngestConfig(inputs=["x"], output="x")).process(row)
+    return row, load_rttm(MEETING.with_suffix(".rttm"))[MEETING.name]
+
+
+def _diarize(row: dict, argv: list[str]) -> list[tuple[float, float, str]]:
+    from pipeline.stages import Diarize
+
+    r = dict(row)
+    Diarize(parse_args(["--input", "x", "--output", "x", *argv])).process(r)
+    return r["diarization"].turns
+
+
+def test_speaker_hints_change_the_result_as_documented(meeting):
+    row, _ = meeting
+    labels = lambda turns: {t[2] for t in turns}  # noqa: E731
+    assert len(labels(_diarize(row, ["--num-speakers", "2"]))) == 2
+    assert len(labels(_diarize(row, ["--max-speakers", "2"]))) <= 2
+    assert len(labels(_diarize(row, ["--min-speakers", "5"]))) == 5
+
+
+def test_silhouette_finds_the_speakers_a_fixed_threshold_merges(meeting):
+    row, ref = meeting
+    uri = MEETING.name
+    new = _diarize(row, [])
+    old = _diarize(row, ["--clustering", "threshold", "--cluster-threshold", "0.6"])
+    d_new = der({uri: ref}, {uri: annotation(new, uri)}, collar=0.5)["der"]
+    d_old = der({uri: ref}, {uri: annotation(old, uri)}, collar=0.5)["der"]
+    print(f"\nES2004a 60 s: silhouette {len({t[2] for t in new})} speakers DER {d_new:.3f}; "
+          f"threshold 0.6 {len({t[2] for t in old})} speakers DER {d_old:.3f}")
+    assert abs(len({t[2] for t in new}) - 4) <= 1
+    assert d_new < 0.25 and d_new < d_old
+
+
+def test_choose_clusters_counts_separated_groups_and_obeys_bounds():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 32))
+    x = np.concatenate([c + 0.15 * rng.normal(size=(12, 32)) for c in centres])
+    labels = choose_clusters(x, 1, 10, min_silhouette=0.2)
+    assert len(set(labels)) == 3
+    # the three groups come out whole
+    assert all(len(set(labels[i * 12:(i + 1) * 12])) == 1 for i in range(3))
+    blob = rng.normal(size=(30, 32)) * 0.05 + centres[0]
+    assert set(choose_clusters(blob, 1, 10, min_silhouette=0.2)) == {0}
+    assert len(set(choose_clusters(x, 1, 2, min_silhouette=0.2))) == 2
+    assert len(set(choose_clusters(blob, 4, 10, min_silhouette=0.2))) >= 4
+    assert len(set(choose_clusters(blob, 4, 4, min_silhouette=0.2))) == 4
+
+
+def test_speaker_hint_options_are_validated():
+    with pytest.raises(ConfigError, match="min_speakers"):
+        IngestConfig(inputs=["x"], output="x", min_speakers=4, max_speakers=2)
+    with pytest.raises(ConfigError, match="num_speakers"):
+        IngestConfig(inputs=["x"], output="x", num_speakers=0)
+    with pytest.raises(ConfigError, match="clustering"):
+        IngestConfig(inputs=["x"], output="x", clustering="kmeans")
