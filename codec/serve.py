@@ -79,7 +79,7 @@ class CodecDeployment:
         for fn in (self._encode_batch, self._decode_batch):
             fn.set_max_batch_size(self.config.max_batch_requests)
             fn.set_batch_wait_timeout_s(self.config.batch_wait_s)
-        self.n_served = 0
+        self.stats = {"served": 0, "encode_batches": 0, "decode_batches": 0, "largest_batch": 0}
         log.info("codec service ready: %s on %s (%s)", self.runtime.codec_id, self.runtime.encoder.device,
                  self.runtime.encoder.precision)
 
@@ -87,11 +87,17 @@ class CodecDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _encode_batch(self, pcm: list) -> list:
+        self._count("encode_batches", len(pcm))
         return await asyncio.get_running_loop().run_in_executor(self._model, self.runtime.encode_many, pcm)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _decode_batch(self, tokens: list) -> list:
+        self._count("decode_batches", len(tokens))
         return await asyncio.get_running_loop().run_in_executor(self._model, self.runtime.decode_many, tokens)
+
+    def _count(self, kind: str, size: int) -> None:
+        self.stats[kind] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], size)
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -116,7 +122,7 @@ class CodecDeployment:
         if method != endpoints[route] and not (method == "HEAD" and endpoints[route] == "GET"):
             return _error(405, f"{route} takes {endpoints[route]}, not {method}")
         if route == "health":
-            return JSONResponse({"status": "ok", "codec_id": self.runtime.codec_id, "served": self.n_served})
+            return JSONResponse({"status": "ok", "codec_id": self.runtime.codec_id, **self.stats})
         if route == "info":
             return JSONResponse(self.runtime.info())
         loop = asyncio.get_running_loop()
@@ -130,7 +136,7 @@ class CodecDeployment:
             if isinstance(res, str):
                 raise EncodeFailed(f"the codec failed on this audio: {res}")
             sem, ac = res
-            self.n_served += 1
+            self.stats["served"] += 1
             rt = self.runtime
             headers = {"X-Codec-Id": rt.codec_id, "X-Frame-Rate": f"{rt.frame_rate:g}", "X-N-Frames": str(len(sem)),
                        "X-Duration": f"{len(pcm) / rt.sample_rate:.6f}"}
@@ -149,7 +155,7 @@ class CodecDeployment:
                                           max_frames=rt.max_frames, max_bytes=self.config.max_body_bytes))
         wav = await self._decode_batch((sem, ac))
         data = await loop.run_in_executor(self._io, audio_bytes, wav, rt.sample_rate, fmt)
-        self.n_served += 1
+        self.stats["served"] += 1
         return Response(data, media_type=MEDIA[fmt],
                         headers={"X-Codec-Id": rt.codec_id, "X-Sample-Rate": str(rt.sample_rate)})
 
