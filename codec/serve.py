@@ -184,8 +184,12 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def build_codec_app(config: ServiceConfig, replicas: int = 1, num_cpus: float = 1.0,
-                    num_gpus: float | None = None):
-    """A Serve application of one codec. ``num_gpus`` None: 1 when the device is CUDA, else 0."""
+                    num_gpus: float | None = None, access_log: bool = False):
+    """A Serve application of one codec. ``num_gpus`` None: 1 when the device is CUDA, else 0.
+
+    ``access_log`` off by default: a log line per request, streamed to the driver, costs the
+    replica and the driver CPU time on every request.
+    """
     if num_gpus is None:
         num_gpus = 1.0 if config.device.startswith("cuda") else 0.0
     if config.device == "auto" and num_gpus == 0:
@@ -196,6 +200,7 @@ def build_codec_app(config: ServiceConfig, replicas: int = 1, num_cpus: float = 
         # Enough in flight per replica to fill a batch while the previous one computes.
         max_ongoing_requests=max(8, 4 * config.max_batch_requests),
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+        logging_config={"enable_access_log": access_log},
     ).bind(config.to_dict())
 
 
@@ -208,6 +213,7 @@ def build_app(args: dict):
     replicas = int(args.pop("replicas", 1))
     num_cpus = float(args.pop("num_cpus", 1))
     num_gpus = args.pop("num_gpus", None)
+    access_log = str(args.pop("access_log", "false")).lower() in ("1", "true", "yes")
     fields = ServiceConfig.__dataclass_fields__
     kw = {}
     for k, v in args.items():
@@ -216,7 +222,7 @@ def build_app(args: dict):
         t = fields[k].type  # a string: this module uses postponed annotations
         kw[k] = int(v) if t.startswith("int") else float(v) if t == "float" else str(v)
     cfg = ServiceConfig(codec_dir=str(codec_dir), **kw)
-    return build_codec_app(cfg, replicas, num_cpus, float(num_gpus) if num_gpus is not None else None)
+    return build_codec_app(cfg, replicas, num_cpus, float(num_gpus) if num_gpus is not None else None, access_log)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -235,7 +241,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def start(configs: list[ServiceConfig], *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           num_cpus: float = 1.0, num_gpus: float | None = None, address: str | None = None,
-          num_local_cpus: int | None = None) -> list[str]:
+          num_local_cpus: int | None = None, access_log: bool = False) -> list[str]:
     """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and deploy one app per codec.
 
     Returns the base URLs. With one codec the routes are ``/encode`` etc.; with several, each codec
@@ -250,7 +256,7 @@ def start(configs: list[ServiceConfig], *, host: str = "127.0.0.1", port: int = 
     for c in configs:
         cid = codec_info(c.codec_dir).codec_id
         prefix = "/" if len(configs) == 1 else f"/{cid}"
-        serve.run(build_codec_app(c, replicas, num_cpus, num_gpus), name=cid, route_prefix=prefix)
+        serve.run(build_codec_app(c, replicas, num_cpus, num_gpus, access_log), name=cid, route_prefix=prefix)
         urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
     return urls
 
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-requests", type=int, default=16, help="requests per batched model call at most")
     p.add_argument("--batch-wait", type=float, default=0.01, help="seconds a batch waits for more requests")
     p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per encoder batch (as tokenize)")
+    p.add_argument("--access-log", action="store_true", help="log every request (Serve's access log)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: a local Ray)")
     p.add_argument("--no-block", action="store_true", help="deploy and exit, leaving the apps running (clusters)")
     a = p.parse_args(argv)
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     urls = start(configs, host=a.host, port=a.port, replicas=a.replicas, num_cpus=a.num_cpus,
-                 num_gpus=a.num_gpus, address=a.address)
+                 num_gpus=a.num_gpus, address=a.address, access_log=a.access_log)
     for u in urls:
         print(f"[serve] codec service at {u}/encode /decode /health /info", flush=True)
     if a.no_block:

@@ -293,7 +293,7 @@ def read_audio(data: bytes, max_seconds: float, sample_rate: int = 24_000) -> np
         raise BadRequest("not an audio file this service decodes (wav, flac, ogg/opus, mp3, aac, "
                          "m4a/mp4, webm, aiff, wma, caf), judging by its first bytes")
     # Silence and very short clips are valid codec input (the ingest rejects them, the service does not).
-    dec = Decoder(output_rate=sample_rate, min_duration=0.0, silence_dbfs=-math.inf, max_duration=max_seconds)
+    dec = Decoder(analysis_rate=None, output_rate=sample_rate, min_duration=0.0, silence_dbfs=-math.inf, max_duration=max_seconds)
     with tempfile.TemporaryDirectory(prefix="voxforge-serve-") as d:
         path = os.path.join(d, "upload")  # our own name: a client's file name is never used
         with open(path, "wb") as f:

@@ -70,11 +70,15 @@ class _Growable:
 class _Streams:
     """Two resampling streams (original rate -> 16 kHz and 24 kHz) and checks on the way."""
 
-    def __init__(self, sr: int, rate16: int, rate24: int, expected_frames: int = 0):
+    def __init__(self, sr: int, rate16: int | None, rate24: int, expected_frames: int = 0):
+        # rate16 None: no analysis stream (the codec service needs only the 24 kHz output)
+        self.analysis = rate16 is not None
+        rate16 = rate16 or sr
         self.r16 = soxr.ResampleStream(sr, rate16, 1, dtype="float32", quality="HQ") if sr != rate16 else None
         self.r24 = soxr.ResampleStream(sr, rate24, 1, dtype="float32", quality="HQ") if sr != rate24 else None
         margin = 4096
-        self.out16 = _Growable(np.float32, int(expected_frames * rate16 / sr) + margin if expected_frames else 0)
+        self.out16 = _Growable(np.float32, int(expected_frames * rate16 / sr) + margin
+                               if expected_frames and self.analysis else 0)
         self.out24 = _Growable(np.int16, int(expected_frames * rate24 / sr) + margin if expected_frames else 0)
         self.n_in = 0
         self.sum_sq = 0.0
@@ -89,8 +93,9 @@ class _Streams:
             mono = np.where(bad, 0.0, mono).astype(np.float32)
         self.n_in += mono.shape[0]
         self.sum_sq += float(np.dot(mono.astype(np.float64), mono.astype(np.float64)))
-        y16 = self.r16.resample_chunk(mono, last=last) if self.r16 else mono
-        self.out16.append(np.clip(y16, -1.0, 1.0))
+        if self.analysis:
+            y16 = self.r16.resample_chunk(mono, last=last) if self.r16 else mono
+            self.out16.append(np.clip(y16, -1.0, 1.0))
         y24 = self.r24.resample_chunk(mono, last=last) if self.r24 else mono
         self.out24.append(np.clip(np.round(y24 * 32767.0), -32768, 32767).astype(np.int16))
 
@@ -127,12 +132,13 @@ def _wav_declared_data_bytes(path: str) -> tuple[int, int] | None:
 class Decoder:
     """Decode stage. ``__call__(path) -> DecodedAudio`` or raises a typed ``SourceError``.
 
+    ``analysis_rate`` None skips the analysis stream (``audio16`` comes back empty).
     ``max_duration`` (s, None: no limit) stops decoding with ``TooLong`` as soon as the header or
     the samples read so far pass it, so a long (or lying) file costs at most one block more than
     the limit in memory (the codec service uses it; the ingest does not).
     """
 
-    def __init__(self, analysis_rate: int = 16_000, output_rate: int = 24_000,
+    def __init__(self, analysis_rate: int | None = 16_000, output_rate: int = 24_000,
                  min_duration: float = 0.05, silence_dbfs: float = -70.0, max_duration: float | None = None):
         self.analysis_rate = analysis_rate
         self.output_rate = output_rate

@@ -309,3 +309,17 @@ def test_bad_service_config(ckpt, tmp_path):
         ServiceConfig(codec_dir=str(ckpt), max_audio_seconds=0)
     with pytest.raises(ValueError, match="device"):
         ServiceConfig(codec_dir=str(ckpt), device="tpu")
+
+
+def test_decoder_options_the_service_uses(speech_dir):
+    """pipeline.decode.Decoder: no analysis stream gives the same 24 kHz PCM; max_duration stops early."""
+    from pipeline.decode import Decoder
+    from pipeline.errors import TooLong
+
+    path = str(speech_dir / FILES[1])
+    full = Decoder()(path)
+    lean = Decoder(analysis_rate=None)(path)
+    assert lean.audio16.size == 0 and full.audio16.size > 0
+    np.testing.assert_array_equal(lean.audio24, full.audio24)
+    with pytest.raises(TooLong, match="maximum"):
+        Decoder(max_duration=full.duration / 2)(path)
