@@ -22,6 +22,7 @@ from codec.batching import AudioShardReader, BatchingConfig, EncoderConfig, Toke
 from codec.client import CodecClient, ServiceHTTPError, Tokens, multipart_body
 from tests.codec.conftest import write_audio_shards
 from tests.conftest import REPO
+from tests.tokenize.conftest import _save_tiny
 
 # Real utterances in several containers and rates: wav 16 kHz, wav 16 kHz (LibriVox), flac, ogg/opus.
 FILES = [
@@ -39,14 +40,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _save_tiny(path: Path, seed: int) -> Path:
-    from codec import Codec, CodecConfig
-
-    torch.manual_seed(seed)
-    Codec(CodecConfig.tiny()).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +216,7 @@ def _bad_requests(speech_dir, cid: str, other_id: str) -> list[tuple[str, str, s
         ("corrupt flac", "POST", "/encode", b"fLaC" + bytes(range(256)) * 8, {}, 400, "undecodable audio"),
         ("audio too long", "POST", "/encode", _long_flac(speech_dir, MAX_SECONDS + 5), {}, 413, "too long"),
         ("body too big", "POST", "/encode", b"RIFF" + b"\x00" * int(MAX_BODY_MB * 1024 * 1024 + 10), {}, 413, "limit"),
+        ("streamed body too big", "POST", "/encode", (b"RIFF" + b"\x00" * 65532 for _ in range(30)), {}, 413, "limit"),
         ("form without file", "POST", "/encode", no_file, {"Content-Type": ctype}, 400, "without a file part"),
         ("encode accept", "POST", "/encode", good_wav, {"Accept": "text/html"}, 406, "answers"),
         ("acoustic 35 dims", "POST", "/decode", js(acoustic=np.zeros((t, 35), int).tolist()), json_h, 400, "acoustic"),
@@ -298,6 +292,31 @@ def test_served_only_on_loopback(service):
         with socket.socket() as s:
             s.settimeout(2)
             assert s.connect_ex((a, port)) != 0, f"service reachable on {a}:{port}"
+
+
+def test_request_timeout_is_a_504(ckpt, speech_dir):
+    """The replica's own timeout (the deployment class run directly, outside Serve, where its
+    batch queue cannot run: the 1 ms timeout fires while the upload is still being decoded)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from codec.serve import CodecDeployment
+
+    dep = CodecDeployment.func_or_class({"codec_dir": str(ckpt), "device": "cpu", "threads": 1,
+                                         "request_timeout_s": 0.001})
+    body = (speech_dir / FILES[0]).read_bytes()
+
+    async def call():
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/encode", "headers": [], "query_string": b"",
+                 "root_path": ""}
+        return await dep(Request(scope, receive))
+
+    r = asyncio.run(call())
+    assert r.status_code == 504 and b"request_timeout_s" in r.body
 
 
 def test_bad_service_config(ckpt, tmp_path):
