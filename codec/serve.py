@@ -29,6 +29,7 @@ if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).reso
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -193,7 +194,8 @@ def build_codec_app(config: ServiceConfig, replicas: int = 1, num_cpus: float = 
     if num_gpus is None:
         num_gpus = 1.0 if config.device.startswith("cuda") else 0.0
     if config.device == "auto" and num_gpus == 0:
-        config.device = "cpu"  # a replica without a GPU reserved must not grab one it happens to see
+        # a replica without a GPU reserved must not grab one it happens to see
+        config = dataclasses.replace(config, device="cpu")
     return CodecDeployment.options(
         name=f"codec-{Path(config.codec_dir).name}"[:60],
         num_replicas=replicas,
