@@ -15,7 +15,7 @@ Every phase is bounded by ``--seconds`` and ``--max-requests``. Requests are ``P
 real speech files from ``../shared/speech`` (English read speech, ``--min-seconds`` ..
 ``--max-seconds``, default 2..12 s, in their own formats and rates: the service decodes and
 resamples them). Latency grows with an utterance's length, so the sequential phase's p99/p50
-is the spread that the lengths alone give. Prints requests/s, audio-seconds/s and
+is the spread that lengths (and the machine) give without queueing. Prints requests/s, audio-seconds/s and
 p50/p95/p99 latency per phase, the concurrent / sequential ratio, and p99 / p50 at half load;
 ``--json`` adds one JSON line. Targets (issue 14, 2 CPU cores, tiny): ratio >= 1.5, p99 < 2 x p50
 at half load. On a GPU the audio-seconds/s of (2) is the figure per GPU (one replica, one GPU).
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     tail = rows[2]["p99"] / max(rows[2]["p50"], 1e-9)
     print(f"concurrent / sequential throughput: {ratio:.2f}x (target >= 1.5x)")
     print(f"half load p99 / p50: {tail:.2f} (target < 2); sequential p99 / p50: "
-          f"{rows[0]['p99'] / max(rows[0]['p50'], 1e-9):.2f} (the spread of utterance lengths alone)")
+          f"{rows[0]['p99'] / max(rows[0]['p50'], 1e-9):.2f} (lengths and machine noise, no queueing)")
     print(f"batches: {health['encode_batches']} for {health['served']} requests, largest {health['largest_batch']}")
     if a.device != "cpu":
         print(f"per GPU (1 replica): {rows[1]['audio_s_per_s']:.1f} s of audio per s")
