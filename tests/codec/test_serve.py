@@ -56,6 +56,8 @@ def service(ckpt, speech_dir):
     from codec.serve import start
     from codec.service import ServiceConfig
 
+    if ray.is_initialized():  # a Ray left by an earlier module would lack this runtime_env
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}})
     try:
