@@ -391,6 +391,8 @@ def read_tokens(data: bytes, content_type: str, header_codec_id: str | None, *, 
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest("body is not valid JSON: nested too deeply") from None
         if not isinstance(obj, dict):
             raise BadRequest("JSON body must be an object with codec_id, semantic and acoustic")
         missing = [k for k in ("semantic", "acoustic") if k not in obj]

@@ -233,6 +233,7 @@ def _bad_requests(speech_dir, cid: str, other_id: str) -> list[tuple[str, str, s
         ("too many frames", "POST", "/decode",
          _npz(semantic=np.zeros(400, np.int16), acoustic=np.zeros((400, 36), np.uint8)), npz_h, 413, "too many frames"),
         ("not json", "POST", "/decode", b"{nope", json_h, 400, "not valid JSON"),
+        ("deep json", "POST", "/decode", b'{"semantic": ' + b"[" * 100_000, json_h, 400, "not valid JSON"),
         ("npz dtype", "POST", "/decode", _npz(semantic=sem.astype(np.int64), acoustic=ac), npz_h, 400, "dtypes"),
         ("npz pickle", "POST", "/decode", _npz(semantic=np.array([{"x": 1}], dtype=object), acoustic=ac), npz_h,
          400, "not a readable"),
