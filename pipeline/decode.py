@@ -24,6 +24,7 @@ from pipeline.errors import (
     NotAudio,
     Silent,
     SourceError,
+    TooLong,
     TooShort,
     Truncated,
     Unreadable,
@@ -69,11 +70,15 @@ class _Growable:
 class _Streams:
     """Two resampling streams (original rate -> 16 kHz and 24 kHz) and checks on the way."""
 
-    def __init__(self, sr: int, rate16: int, rate24: int, expected_frames: int = 0):
+    def __init__(self, sr: int, rate16: int | None, rate24: int, expected_frames: int = 0):
+        # rate16 None: no analysis stream (the codec service needs only the 24 kHz output)
+        self.analysis = rate16 is not None
+        rate16 = rate16 or sr
         self.r16 = soxr.ResampleStream(sr, rate16, 1, dtype="float32", quality="HQ") if sr != rate16 else None
         self.r24 = soxr.ResampleStream(sr, rate24, 1, dtype="float32", quality="HQ") if sr != rate24 else None
         margin = 4096
-        self.out16 = _Growable(np.float32, int(expected_frames * rate16 / sr) + margin if expected_frames else 0)
+        self.out16 = _Growable(np.float32, int(expected_frames * rate16 / sr) + margin
+                               if expected_frames and self.analysis else 0)
         self.out24 = _Growable(np.int16, int(expected_frames * rate24 / sr) + margin if expected_frames else 0)
         self.n_in = 0
         self.sum_sq = 0.0
@@ -88,8 +93,9 @@ class _Streams:
             mono = np.where(bad, 0.0, mono).astype(np.float32)
         self.n_in += mono.shape[0]
         self.sum_sq += float(np.dot(mono.astype(np.float64), mono.astype(np.float64)))
-        y16 = self.r16.resample_chunk(mono, last=last) if self.r16 else mono
-        self.out16.append(np.clip(y16, -1.0, 1.0))
+        if self.analysis:
+            y16 = self.r16.resample_chunk(mono, last=last) if self.r16 else mono
+            self.out16.append(np.clip(y16, -1.0, 1.0))
         y24 = self.r24.resample_chunk(mono, last=last) if self.r24 else mono
         self.out24.append(np.clip(np.round(y24 * 32767.0), -32768, 32767).astype(np.int16))
 
@@ -124,14 +130,26 @@ def _wav_declared_data_bytes(path: str) -> tuple[int, int] | None:
 
 
 class Decoder:
-    """Decode stage. ``__call__(path) -> DecodedAudio`` or raises a typed ``SourceError``."""
+    """Decode stage. ``__call__(path) -> DecodedAudio`` or raises a typed ``SourceError``.
 
-    def __init__(self, analysis_rate: int = 16_000, output_rate: int = 24_000,
-                 min_duration: float = 0.05, silence_dbfs: float = -70.0):
+    ``analysis_rate`` None skips the analysis stream (``audio16`` comes back empty).
+    ``max_duration`` (s, None: no limit) stops decoding with ``TooLong`` as soon as the header or
+    the samples read so far pass it, so a long (or lying) file costs at most one block more than
+    the limit in memory (the codec service uses it; the ingest does not).
+    """
+
+    def __init__(self, analysis_rate: int | None = 16_000, output_rate: int = 24_000,
+                 min_duration: float = 0.05, silence_dbfs: float = -70.0, max_duration: float | None = None):
         self.analysis_rate = analysis_rate
         self.output_rate = output_rate
         self.min_duration = min_duration
         self.silence_dbfs = silence_dbfs
+        self.max_duration = max_duration
+
+    def _check_length(self, path: str, n_frames: int, sr: int) -> None:
+        if self.max_duration is not None and n_frames > self.max_duration * sr:
+            raise TooLong(path, f"audio is longer than the {self.max_duration:g} s maximum "
+                                f"({n_frames / sr:.1f} s or more)")
 
     def __call__(self, path: str) -> DecodedAudio:
         try:
@@ -170,6 +188,7 @@ class Decoder:
             codec = f"{f.format}/{f.subtype}"
             if declared is not None and declared[1] < declared[0]:
                 raise Truncated(path, f"WAV data chunk declares {declared[0]} bytes but only {declared[1]} are present")
+            self._check_length(path, f.frames, sr)  # the header's count (exact for wav/flac)
             streams = _Streams(sr, self.analysis_rate, self.output_rate, f.frames)
             block = max(1, int(BLOCK_SECONDS * sr))
             expected = f.frames
@@ -177,6 +196,7 @@ class Decoder:
             # hands back uninitialised memory past the real end (seen as stray NaN samples)
             while len(data := f.read(block, dtype="float32", always_2d=True)):
                 streams.feed(data)
+                self._check_length(path, streams.n_in, sr)
         exact = f.format in ("WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF")
         if exact and expected > 0 and streams.n_in < expected:
             raise Truncated(path, f"header declares {expected} frames but only {streams.n_in} could be decoded")
@@ -190,6 +210,7 @@ class Decoder:
         md = dec.metadata
         sr, ch = int(md.sample_rate), int(md.num_channels or 1)
         est = int((md.duration_seconds_from_header or 0) * sr)
+        self._check_length(path, est, sr)
         streams = _Streams(sr, self.analysis_rate, self.output_rate, est)
         # Read in time windows so long files stream; the last window runs to the end of stream.
         t = 0.0
@@ -199,6 +220,7 @@ class Decoder:
             if data.shape[1] == 0:
                 break
             streams.feed(np.ascontiguousarray(data.T))
+            self._check_length(path, streams.n_in, sr)
             t += BLOCK_SECONDS
             if data.shape[1] < int(BLOCK_SECONDS * sr) - sr // 100:
                 break

@@ -40,6 +40,12 @@ class TooShort(SourceError):
     reason = "too_short"
 
 
+class TooLong(SourceError):
+    """Longer than a caller's limit (the codec service's maximum audio length); the ingest sets none."""
+
+    reason = "too_long"
+
+
 class NonFinite(SourceError):
     reason = "non_finite"
 
