@@ -1,0 +1,103 @@
+"""The GPU benchmark kit's CPU smoke mode (bench/gpu_check.py --smoke --device cpu), so that the kit
+cannot rot between GPU runs: every part runs for real at tiny sizes on real speech, and the report
+records each one. A second run provokes a failing and a hanging part: the kit records both and
+still writes its report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+KIT = REPO / "bench" / "gpu_check.py"
+
+
+def _kit():
+    spec = importlib.util.spec_from_file_location("gpu_check", KIT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tokenize_job():
+    spec = importlib.util.spec_from_file_location("tokenize_job", REPO / "bench" / "tokenize_job.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, speech_dir):
+    """Audio shards of real speech in the ingest's format (bench/tokenize_job.py's corpus maker):
+    ~50 s cut from several source files, 4 utterances a shard."""
+    out = tmp_path_factory.mktemp("gpu_kit") / "out"
+    secs = _tokenize_job().make_corpus(out, 0.85, 4, seed=3)
+    assert secs > 40
+    return out
+
+
+def _run(args, env_extra=None, timeout=400):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, str(KIT), *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=timeout)
+
+
+def test_smoke_mode_runs_every_part_and_writes_the_report(corpus, tmp_path):
+    out = tmp_path / "report"
+    p = _run(["--smoke", "--device", "cpu", "--data", str(corpus), "--out", str(out)])
+    log = (out / "gpu_log.txt").read_text() if (out / "gpu_log.txt").is_file() else ""
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:] + log[-4000:]
+    rep = json.loads((out / "gpu_report.json").read_text())
+    md = (out / "gpu_report.md").read_text()
+    kit = _kit()
+    parts = rep["parts"]
+    assert set(kit.PART_NAMES) <= set(parts), parts.keys()
+    for name in kit.PART_NAMES:
+        assert parts[name]["status"] in ("ok", "skipped"), (name, parts[name])
+        assert f"| {name} |" in md
+    assert rep["checkout"]["commit"] and rep["mode"] == "smoke"
+    assert rep["bundle"]["total_MiB"] > 0 and rep["bundle"]["limit_MiB"] == 64
+    assert rep["data"]["heldout_utterances"] >= 1 and rep["data"]["train_utterances"] >= 1
+    # env
+    assert parts["env"]["torch"] and parts["env"]["cuda_available"] is False
+    # cuda_tests: found the GPU-marked modules and ran them (skipped here, no CUDA)
+    ct = parts["cuda_tests"]
+    assert "tests/tokenize/test_tokenize_cuda.py" in ct["files"] and ct["tests"] >= 3
+    assert ct["skipped"] == ct["tests"]
+    # tokenizer: throughput and the batching agreement of DESIGN §6 (fp32 on CPU: must be identical)
+    tok = parts["tokenizer"]
+    assert tok["tiny_throughput"]["audio_s_per_s"] > 0 and tok["tiny_throughput"]["samples"] >= 1
+    agree = tok["tiny_agreement"]["fp32_batch120_vs_batch30"]
+    assert agree["utterances"] >= 1 and agree["missing"] == 0 and agree["identical"], agree
+    # codec_speed, trainer
+    assert parts["codec_speed"]["tiny"]["steps_per_s"] > 0
+    assert parts["trainer"]["tiny_eager"]["status"] == "ok" and parts["trainer"]["tiny_eager"]["tokens_per_s"] > 0
+    # codec_quality: trained, then evaluated on held-out utterances; the codec came back
+    q = parts["codec_quality"]
+    assert q["trained"]["steps"] >= 1
+    assert -1 <= q["eval"]["estoi"] <= 1 and q["eval"]["mel"] > 0 and q["eval_random_init"]["mel"] > 0
+    assert {"estoi", "mel"} <= set(q["cpu_run_comparison"])
+    ret = q["checkpoint_returned"]
+    assert ret["files"] and all((out / f).is_file() for f in ret["files"])
+    assert sum((out / f).stat().st_size for f in ret["files"]) == ret["bytes"]
+    assert any(t["what"].startswith("codec quality estoi") for t in rep["targets"])
+
+
+def test_a_failing_and_a_hanging_part_are_recorded_and_the_run_goes_on(corpus, tmp_path):
+    out = tmp_path / "report"
+    p = _run(["--smoke", "--device", "cpu", "--data", str(corpus), "--out", str(out),
+              "--parts", "env", "asr", "--budget", "15"],
+             {"VOXFORGE_GPU_CHECK_FAULT": "env=fail,asr=hang"})
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    parts = json.loads((out / "gpu_report.json").read_text())["parts"]
+    assert parts["env"]["status"] == "failed" and "fault injected" in parts["env"]["error"]
+    assert parts["asr"]["status"] == "timeout" and parts["asr"]["before_hang"] == "recorded"
+    assert "| asr | timeout |" in (out / "gpu_report.md").read_text()
