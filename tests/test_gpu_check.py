@@ -77,6 +77,7 @@ def test_smoke_mode_runs_every_part_and_writes_the_report(corpus, tmp_path):
     assert tok["tiny_throughput"]["audio_s_per_s"] > 0 and tok["tiny_throughput"]["samples"] >= 1
     agree = tok["tiny_agreement"]["fp32_batch120_vs_batch30"]
     assert agree["utterances"] >= 1 and agree["missing"] == 0 and agree["identical"], agree
+    assert tok["tiny_agreement"]["design_6_batching_invariance"].startswith("fp32: holds")
     # codec_speed, trainer
     assert parts["codec_speed"]["tiny"]["steps_per_s"] > 0
     assert parts["trainer"]["tiny_eager"]["status"] == "ok" and parts["trainer"]["tiny_eager"]["tokens_per_s"] > 0
