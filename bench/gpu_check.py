@@ -887,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    a.data = str(Path(a.data).resolve())  # part processes run in the repository root
     a.budget = a.budget or (300.0 if a.smoke else 470.0)
     a.quality_seconds = a.quality_seconds if a.quality_seconds is not None else (5.0 if a.smoke else 150.0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

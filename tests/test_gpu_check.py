@@ -102,3 +102,35 @@ def test_a_failing_and_a_hanging_part_are_recorded_and_the_run_goes_on(corpus, t
     assert parts["env"]["status"] == "failed" and "fault injected" in parts["env"]["error"]
     assert parts["asr"]["status"] == "timeout" and parts["asr"]["before_hang"] == "recorded"
     assert "| asr | timeout |" in (out / "gpu_report.md").read_text()
+
+
+def _sources(folder):
+    import tarfile
+
+    out = set()
+    for t in folder.glob("*.tar"):
+        with tarfile.open(t) as tf:
+            out |= {json.loads(tf.extractfile(m).read())["source_id"] for m in tf if m.name.endswith(".json")}
+    return out
+
+
+def test_held_out_utterances_come_from_sources_not_trained_on(corpus, tmp_path):
+    info = _kit().split_heldout(corpus, tmp_path, max_heldout=50)
+    train, held = _sources(tmp_path / "train"), _sources(tmp_path / "heldout")
+    assert train and held and not (train & held)
+    assert len(train | held) == info["sources"] and len(held) == info["heldout_sources"]
+
+
+def test_codec_eval_leaves_pesq_out_when_it_cannot_be_imported(corpus, monkeypatch):
+    """The GPU image may lack pesq (PyPI has no wheel): the evaluation still gives the other metrics."""
+    import torch
+
+    from codec import Codec, CodecConfig
+    from codec.eval import evaluate
+
+    monkeypatch.setitem(sys.modules, "pesq", None)  # `from pesq import pesq` raises ImportError
+    torch.manual_seed(0)
+    r = evaluate(Codec(CodecConfig.tiny()).eval(), [str(corpus / "shards" / "audio")], max_items=1, asr=False)
+    s = r["summary"]
+    assert "pesq_wb" not in s and "pesq_wb" not in r["items"][0]
+    assert -1 <= s["estoi"] <= 1 and s["mel"] > 0 and s["n_utterances"] == 1
