@@ -497,13 +497,14 @@ def part_trainer(a, res: PartResult) -> None:
         sys.stderr.write(p.stderr[-3000:])
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
         if p.returncode or not lines:
-            res[key] = {"status": "failed", "rc": p.returncode, "error": (p.stderr.strip().splitlines() or [""])[-1]}
+            res[key] = {"status": "failed", "rc": p.returncode, "error": error_line(p.stderr)}
             continue
         fig = json.loads(lines[-1])
         res[key] = {"status": "ok", **{k: fig.get(k) for k in (
             "params_M", "seq_len", "batch_size", "step_s", "tokens_per_s", "achieved_tflops", "peak_tflops",
             "peak_source", "mfu", "peak_mem_GiB", "precision", "compile", "last_loss")}}
         print(f"trainer {key}: {res.data[key]}", flush=True)
+    res["fsdp2"] = fsdp2_check(a, deadline - time.monotonic())
     best = [v for k, v in res.data.items() if k.startswith("1b_") and v.get("status") == "ok"]
     if best:
         m = max(v["mfu"] for v in best)
@@ -511,6 +512,50 @@ def part_trainer(a, res: PartResult) -> None:
     failed = [k for k, v in res.data.items() if isinstance(v, dict) and v.get("status") in ("failed", "timeout")]
     if failed:
         raise KitError(f"bench/train.py failed for {', '.join(failed)}")
+
+
+def fsdp2_check(a, left: float, force: bool = False) -> dict:
+    """model/train.py under torchrun with FSDP2 on 2 GPUs, 3 steps of ``tiny`` on the tokenizer part's
+    token shards: does the sharded path run on CUDA. FSDP2 wraps the model only when the world size is
+    above 1, and NCCL refuses two ranks on one GPU, so one GPU cannot run it. ``force`` runs it on 2 CPU
+    processes (gloo) instead, to check this command here."""
+    import torch
+
+    if not force and (a.device != "cuda" or torch.cuda.device_count() < 2):
+        return {"status": "skipped", "reason": f"needs 2 GPUs ({torch.cuda.device_count()} here): FSDP2 wraps "
+                "the model only when the world size is above 1, and NCCL refuses two ranks on one GPU"}
+    trees = sorted(d for d in (Path(a.work) / "tokenizer" / "tiny_speed" / "shards" / "tokens").glob("*") if d.is_dir())
+    if not trees:
+        return {"status": "skipped", "reason": "no token shards: the tokenizer part did not run"}
+    if left < 30:
+        return {"status": "skipped", "reason": f"{left:.0f} s left in the part's budget"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(REPO / "model" / "train.py"), "--tokens", str(trees[0]), "--output", str(Path(a.work) / "fsdp2"),
+           "--config", "tiny", "--steps", "3", "--seq-len", "512", "--batch-size", "1", "--log-every", "1",
+           "--ckpt-every", "3", "--eval-every", "3", "--parallel", "fsdp",
+           "--device", "cpu" if force else "auto"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "reason": f"ran past {left:.0f} s"}
+    sys.stdout.write(p.stdout[-2000:])
+    sys.stderr.write(p.stderr[-2000:])
+    cfg = Path(a.work) / "fsdp2" / "config.json"
+    ok = p.returncode == 0 and (Path(a.work) / "fsdp2" / "checkpoints" / "step_0000003").is_dir()
+    rec = {"status": "ok" if ok else "failed", "seconds": round(time.perf_counter() - t, 1), "rc": p.returncode,
+           "world_size": json.loads(cfg.read_text()).get("world_size") if cfg.is_file() else None}
+    if not ok:
+        rec["error"] = error_line(p.stderr)
+    return rec
+
+
+def error_line(stderr: str) -> str:
+    """The exception line of a child's stderr (torchrun's own summary comes after it), else its last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ("Error" in ln or "Exception" in ln) and ": " in ln and "ChildFailedError" not in ln]
+    return (errs[0] if errs else lines[-1] if lines else "")[-500:]
 
 
 def part_codec_quality(a, res: PartResult) -> None:
