@@ -614,8 +614,9 @@ def part_codec_quality(a, res: PartResult) -> None:
     r = evaluate(codec, [str(split / "heldout")], **kw)
     res["eval"] = r["summary"]
     res["cpu_run_comparison"] = {
-        k: {"gpu": round(r["summary"][k], 4), "cpu_docs_codec_md": v,
-            "ratio": round(r["summary"][k] / v, 3) if v else None}
+        k: {"this_run": round(r["summary"][k], 4), "cpu_docs_codec_md": v,
+            "ratio": round(r["summary"][k] / v, 3) if v else None,
+            "better": "lower" if k == "mel" else "higher"}
         for k, v in CPU_QUALITY.items() if k in r["summary"]}
     # The same held-out set through the untrained codec (seed 0): what training bought.
     torch.manual_seed(0)
@@ -788,7 +789,7 @@ def fmt(v, depth: int = 0) -> str:
 def write_report(out: Path, report: dict) -> None:
     (out / "gpu_report.json").write_text(json.dumps(report, indent=1, default=str))
     env = report["parts"].get("env", {})
-    lines = [f"# GPU check {report['started']}", "",
+    lines = [f"# GPU check {report['started']}", "", *([f"**{report['error']}**", ""] if report.get("error") else []),
              f"- commit: `{report['checkout']['commit']}`" + (" (working tree modified)" if report["checkout"]["dirty"] else ""),
              f"- GPU: {env.get('gpu')} ({env.get('gpu_memory_GiB')} GiB, sm {env.get('capability')}); "
              f"measured bf16 matmul {env.get('bf16_matmul_tflops')} TFLOP/s",
@@ -824,8 +825,8 @@ def targets(parts: dict) -> list[dict]:
         out.append({"what": f"trainer 1b MFU >= {TRAINER_TARGET_MFU:.0%}", "measured": mfu["best_1b_mfu"],
                     "ratio": mfu["ratio"]})
     for k, v in parts.get("codec_quality", {}).get("cpu_run_comparison", {}).items():
-        out.append({"what": f"codec quality {k} vs the CPU run (docs/codec.md {v['cpu_docs_codec_md']})",
-                    "measured": v["gpu"], "ratio": v["ratio"]})
+        out.append({"what": f"codec quality {k} vs the CPU run (docs/codec.md {v['cpu_docs_codec_md']}; "
+                            f"{v['better']} is better)", "measured": v["this_run"], "ratio": v["ratio"]})
     return out
 
 
@@ -853,7 +854,11 @@ def orchestrate(a) -> int:
                 report["parts"]["wheels"] = {"status": "failed", "error": str(e)}
         report["bundle"] = bundle_size(data, Path(a.wheels) if a.wheels else None)
         if data is None or not (data / "manifests").is_dir():
-            raise SystemExit(f"--data {data}: not an ingest output (run scripts/gpu_bundle.sh, or pipeline/ingest.py)")
+            report["error"] = (f"--data {data}: not an ingest output (run scripts/gpu_bundle.sh, or "
+                               "pipeline/ingest.py; on the device tool, name gpu_data in carry)")
+            write_report(out, report)
+            print(report["error"], file=sys.stderr)
+            return 2
         try:  # the held-out split, once, for codec_speed, codec_quality and asr
             report["data"] = split_heldout(data, work / "split", max_heldout=4 if a.smoke else 24)
         except KitError as e:
