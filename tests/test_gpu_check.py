@@ -79,6 +79,7 @@ def test_smoke_mode_runs_every_part_and_writes_the_report(corpus, tmp_path):
     # tokenizer: throughput and the batching agreement of DESIGN §6 (fp32 on CPU: must be identical)
     tok = parts["tokenizer"]
     assert tok["tiny_throughput"]["audio_s_per_s"] > 0 and tok["tiny_throughput"]["samples"] >= 1
+    assert tok["tiny_model_only"]["encode_audio_s_per_s"] > 0 and tok["tiny_model_only"]["decode_audio_s_per_s"] > 0
     agree = tok["tiny_agreement"]["fp32_batch120_vs_batch30"]
     assert agree["utterances"] >= 1 and agree["missing"] == 0 and agree["identical"], agree
     assert tok["tiny_agreement"]["design_6_batching_invariance"].startswith("fp32: holds")
