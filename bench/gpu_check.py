@@ -821,11 +821,11 @@ def write_report(out: Path, report: dict) -> None:
         lines.append(f"| {t['what']} | {fmt(t['measured'])} | {fmt(t['ratio'])} |")
     lines += ["", "## Parts", "", "| part | status | seconds | figures / error |", "|---|---|---|---|"]
     for name, p in report["parts"].items():
-        body = p.get("error") or p.get("reason") or ""
-        if p.get("status") == "ok" or not body:
-            body = "; ".join(f"{k}: {fmt(v)}" for k, v in p.items()
-                             if k not in ("status", "seconds", "traceback", "train_log", "packages", "files",
-                                          "failed_tests"))
+        why = p.get("error") or p.get("reason") or ""
+        figures = "; ".join(f"{k}: {fmt(v)}" for k, v in p.items()
+                            if k not in ("status", "seconds", "error", "reason", "traceback", "train_log", "packages",
+                                         "files", "failed_tests"))
+        body = f"**{why}**" + (f"; figures so far: {figures}" if figures else "") if why else figures
         lines.append(f"| {name} | {p.get('status')} | {p.get('seconds', '')} | {body.replace('|', '/')} |")
     (out / "gpu_report.md").write_text("\n".join(lines) + "\n")
 
