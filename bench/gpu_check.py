@@ -958,12 +958,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="training time of the codec quality run (default 150; smoke 5)")
     ap.add_argument("--tokenize-repeats", type=int, default=12,
                     help="the bundled corpus is tokenized this many times over for the throughput figure")
+    ap.add_argument("--write-split", default=None, metavar="DIR",
+                    help="only write the train/held-out split of --data to DIR/{train,heldout} and exit (to "
+                         "evaluate a returned codec with WER on a CPU: codec/eval.py --audio DIR/heldout)")
     ap.add_argument("--run-part", choices=PART_NAMES, help=argparse.SUPPRESS)
     ap.add_argument("--part-json", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--part-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.device is None:
+    if a.device is None and not a.write_split:
         import torch
 
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -974,6 +977,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if a.run_part:
         return run_part(a)
+    if a.write_split:
+        print(json.dumps(split_heldout(Path(a.data), Path(a.write_split), max_heldout=4 if a.smoke else 24)))
+        return 0
     return orchestrate(a)
 
 

@@ -130,6 +130,10 @@ def test_held_out_utterances_come_from_sources_not_trained_on(corpus, tmp_path):
     train, held = _sources(tmp_path / "train"), _sources(tmp_path / "heldout")
     assert train and held and not (train & held)
     assert len(train | held) == info["sources"] and len(held) == info["heldout_sources"]
+    # the same split from the command line (to evaluate a returned codec, with WER, on a CPU)
+    p = _run(["--data", str(corpus), "--write-split", str(tmp_path / "cli")], timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout) == info, p.stderr
+    assert _sources(tmp_path / "cli" / "heldout") == held
 
 
 def test_codec_eval_leaves_pesq_out_when_it_cannot_be_imported(corpus, monkeypatch):
