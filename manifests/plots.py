@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 KEPT, DROPPED, THRESHOLD = "#2b8a3e", "#c92a2a", "#e67700"
 STYLE = {
     "svg.fonttype": "path",  # glyphs as paths: no font files needed to open the page
-    "svg.hashsalt": "voxforge-report",  # stable element ids: the same data gives the same page
     "font.size": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
@@ -36,10 +35,16 @@ def figure(ncols: int = 1, width: float = 7.5, height: float = 2.8):
     return fig, list(axes[0])
 
 
+_count = iter(range(1 << 62))
+
+
 def to_svg(fig) -> str:
-    """The figure as one ``<svg>`` element (XML prolog and DOCTYPE removed), then closed."""
+    """The figure as one ``<svg>`` element (XML prolog and DOCTYPE removed), then closed.
+
+    Element ids are salted with a per-process counter: unique among the figures of one page
+    (they share one HTML id space), the same from one build to the next."""
     buf = io.StringIO()
-    with plt.rc_context(STYLE):
+    with plt.rc_context({**STYLE, "svg.hashsalt": f"voxforge-report-{next(_count)}"}):
         fig.tight_layout()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)

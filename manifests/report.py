@@ -63,8 +63,8 @@ class ReportConfig:
                 raise ReportError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.clip_seconds > 0:
             raise ReportError(f"clip_seconds must be > 0, got {self.clip_seconds}")
-        if self.max_bytes < 1_000_000:
-            raise ReportError(f"max_bytes {self.max_bytes} leaves no room for the figures; use >= 1000000 (1 MB)")
+        if self.max_bytes < 100_000:
+            raise ReportError(f"max_bytes {self.max_bytes} leaves no room for the figures; use >= 100000 (0.1 MB)")
         if not self.prompt_seconds > 0:
             raise ReportError(f"prompt_seconds must be > 0, got {self.prompt_seconds}")
 
@@ -459,8 +459,9 @@ class Report:
                 uri = f"data:{clip.mime};base64," + base64.b64encode(clip.data).decode("ascii")
                 if len(uri) + 2000 <= budget:
                     budget -= len(uri)
-                    player = f'<audio controls preload="metadata" src="{uri}"></audio>'
-                    player += " <span class='note'>(first {:g} s)</span>".format(clip.seconds) if clip.cut else ""
+                    player = (f'<audio controls preload="metadata" data-key="{esc(s["key"])}" data-group="{esc(grp)}" '
+                              f'src="{uri}"></audio>')
+                    player += f" <span class='note'>(first {clip.seconds:g} s)</span>" if clip.cut else ""
                     n_in += 1
                 else:
                     player = f"<p class='note'>audio left out: the page is capped at {c.max_bytes / 1e6:g} MB</p>"
