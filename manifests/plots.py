@@ -65,8 +65,10 @@ def _bins(values: np.ndarray, n: int = 40) -> np.ndarray:
 
 
 def histogram(ax, kept: np.ndarray, dropped: np.ndarray | None, xlabel: str,
-              thresholds: Sequence[tuple[float, str]] = (), log: bool = False) -> None:
-    """Stacked histogram of kept (and dropped) values with the filter thresholds as dashed lines."""
+              thresholds: Sequence[tuple[float, str]] = (), log: bool = False, label: str = "kept") -> None:
+    """Stacked histogram of kept (and dropped) values with the filter thresholds as dashed lines.
+
+    ``label`` names the first series (``kept``, or e.g. ``sources`` when there is no dropped one)."""
     kept = kept[np.isfinite(kept)]
     dropped = dropped[np.isfinite(dropped)] if dropped is not None else None
     both = np.concatenate([kept, dropped]) if dropped is not None else kept
@@ -77,9 +79,9 @@ def histogram(ax, kept: np.ndarray, dropped: np.ndarray | None, xlabel: str,
     # keep the thresholds in view even when every value lies on one side of them
     span = np.concatenate([both, [t for t, _ in thresholds if np.isfinite(t)]])
     bins = _bins(span)
-    data, colors, labels = [kept], [KEPT], [f"kept ({len(kept)})"]
+    data, colors, labels = [kept], [KEPT], [f"{label} ({len(kept)})"]
     if dropped is not None:
-        data, colors, labels = [kept, dropped], [KEPT, DROPPED], [f"kept ({len(kept)})", f"dropped ({len(dropped)})"]
+        data, colors, labels = [kept, dropped], [KEPT, DROPPED], [f"{label} ({len(kept)})", f"dropped ({len(dropped)})"]
     ax.hist(data, bins=bins, stacked=True, color=colors, label=labels, log=log)
     for t, name in thresholds:
         if np.isfinite(t):
@@ -128,8 +130,9 @@ def stacked_bars(ax, xlabels: Sequence[str], series: dict[str, Sequence[float]],
 
 def reason_colors(names: Sequence[str]) -> dict[str, str]:
     """Kept in green, each drop reason its own colour (stable for a given order of names)."""
-    cmap = plt.get_cmap("tab20")
+    # tab20 without its two greens (4, 5): green means kept
+    palette = [matplotlib.colors.to_hex(c) for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (4, 5)]
     out = {"kept": KEPT}
     for i, n in enumerate(n for n in names if n != "kept"):
-        out[n] = matplotlib.colors.to_hex(cmap(i % 20))
+        out[n] = palette[i % len(palette)]
     return out

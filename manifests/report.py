@@ -235,7 +235,7 @@ class Report:
         fig, (a1, a2) = plots.figure(2)
         plots.barh(a1, [r[0] for r in rows], [r[1] for r in rows], "kept hours",
                    notes=[f"p̄ {fmt(r[2])}, {r[3]} src" for r in rows])
-        plots.histogram(a2, probs, None, "language probability of a source")
+        plots.histogram(a2, probs, None, "language probability of a source", label="sources")
         a2.set_ylabel("sources")
         cap = ("Kept hours per language (p̄: mean language probability of its kept segments; src: sources). "
                "Right: the probability of each source's language. An English-only model always says "
