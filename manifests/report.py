@@ -154,6 +154,11 @@ class Report:
             d["_from"] = "IngestConfig defaults (no ingest run recorded)"
         return d
 
+    def th(self, name: str) -> tuple[float, str]:
+        """(value, name) of a filter threshold; NaN (not drawn) when the config has none."""
+        v = self.thresholds.get(name)
+        return (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan), name
+
     def figure(self, name: str, svg: str, caption: str) -> str:
         self.figures += 1
         return f'<figure class="plot" data-plot="{esc(name)}">{svg}<figcaption>{caption}</figcaption></figure>'
@@ -186,9 +191,8 @@ class Report:
 
         d = self.qnp("SELECT duration FROM segments WHERE kept")["duration"]
         fig, (ax,) = plots.figure()
-        t = self.thresholds
         plots.histogram(ax, d, None, "duration of a kept segment (s)",
-                        [(t.get("min_duration", math.nan), "min_duration"), (t.get("max_duration", math.nan), "max_duration")])
+                        [self.th("min_duration"), self.th("max_duration")])
         cap = (f"{len(d)} kept segments, {d.sum() / 3600:.3f} h; median {np.median(d):.1f} s, "
                f"10–90 % {np.percentile(d, 10):.1f}–{np.percentile(d, 90):.1f} s." if len(d) else "No kept segment.")
         return self.figure("durations", plots.to_svg(fig), cap)
@@ -249,8 +253,8 @@ class Report:
 
         totals = self.q("SELECT coalesce(drop_reason, 'kept') AS o, count(*) AS n, sum(duration) / 60 AS m "
                         "FROM segments GROUP BY 1 ORDER BY n DESC")
-        names = ["kept"] + [r for r in DROP_REASONS if r in {t[0] for t in totals}] + sorted(
-            {t[0] for t in totals} - set(DROP_REASONS) - {"kept"})
+        seen = {t[0] for t in totals}
+        names = [n for n in ("kept", *DROP_REASONS) if n in seen] + sorted(seen - set(DROP_REASONS) - {"kept"})
         colors = plots.reason_colors(names)
         glob = str(table_dir(self.out, "segments") / "*.parquet").replace("'", "''")
         has_parts = bool(list(table_dir(self.out, "segments").glob("*.parquet")))
@@ -288,12 +292,12 @@ class Report:
         kept = d["kept"].astype(bool) if len(d["kept"]) else np.zeros(0, bool)
         t = self.thresholds
         specs = [
-            ("snr", "SNR (dB, capped at 100)", [(t.get("min_snr_db", math.nan), "min_snr_db")]),
-            ("rate", "speech rate (characters/s)", [(t.get("min_speech_rate", math.nan), "min_speech_rate"),
-                                                     (t.get("max_speech_rate", math.nan), "max_speech_rate")]),
-            ("logprob", "ASR avg logprob", [(t.get("min_avg_logprob", math.nan), "min_avg_logprob")]),
-            ("nsp", "ASR no-speech probability", [(t.get("max_no_speech_prob", math.nan), "max_no_speech_prob")]),
-            ("cr", "ASR compression ratio", [(t.get("max_compression_ratio", math.nan), "max_compression_ratio")]),
+            ("snr", "SNR (dB, capped at 100)", [self.th("min_snr_db")]),
+            ("rate", "speech rate (characters/s)", [self.th("min_speech_rate"),
+                                                     self.th("max_speech_rate")]),
+            ("logprob", "ASR avg logprob", [self.th("min_avg_logprob")]),
+            ("nsp", "ASR no-speech probability", [self.th("max_no_speech_prob")]),
+            ("cr", "ASR compression ratio", [self.th("max_compression_ratio")]),
         ]
         out = ""
         for row in (specs[:3], specs[3:]):
@@ -476,7 +480,7 @@ class Report:
                     f'SNR {fmt(s["snr_db"], 1)} dB · {fmt(s["rate"], 1)} chars/s · logprob {fmt(s["logprob"])} · '
                     f'no-speech {fmt(s["no_speech"])} · compression {fmt(s["compression"])} · clipping {fmt(s["clipping"], 4)} · '
                     f'overlap {fmt(s["overlap"])}</div>{player}</div>')
-            budget -= len(card)
+            budget -= len(card.encode())
             cards.setdefault(grp, []).append(card)
         body = '<section id="listen"><h2>Listen</h2>'
         body += (f"<p class='note'>A random sample (seed {c.seed}) of {c.listen_kept} kept segments and {c.listen_per_reason} "

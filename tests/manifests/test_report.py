@@ -151,6 +151,18 @@ def test_the_report_is_rebuilt_from_the_manifests_not_appended(tmp_path, speech_
     assert second.bytes < 2 * first.bytes
 
 
+def test_a_fresh_output_without_segments_still_gets_a_page(tmp_path):
+    out = tmp_path / "out"
+    w = ShardWriter(out, "run-empty")
+    w.add_source({"source_id": None, "path": "/x/empty.wav", "status": "rejected", "error": "empty_file: /x/empty.wav: 0 bytes"},
+                 [], [])
+    w.close()
+    r = build_report(out)
+    page = r.path.read_text()
+    assert r.figures == len(FIGURES) and r.clips == 0
+    assert "empty_file: /x/empty.wav" in page and "<td>segments_kept</td><td>0</td>" in page
+
+
 def test_the_tokens_section_shows_codebook_usage_and_failures(small, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(small["out"], out)
