@@ -76,9 +76,22 @@ def histogram(ax, kept: np.ndarray, dropped: np.ndarray | None, xlabel: str,
         empty_note(ax)
         ax.set_xlabel(xlabel)
         return
-    # keep the thresholds in view even when every value lies on one side of them
-    span = np.concatenate([both, [t for t, _ in thresholds if np.isfinite(t)]])
-    bins = _bins(span)
+    # The axis spans 0.5-99.5 % of the values (a 0.01 s segment has a speech rate of thousands of
+    # chars/s, which would squash every other bar into one) and the thresholds; values beyond it
+    # are drawn in the edge bins and counted in the label.
+    finite_th = [t for t, _ in thresholds if np.isfinite(t)]
+    lo, hi = float(both.min()), float(both.max())
+    p_lo, p_hi = np.percentile(both, [0.5, 99.5])
+    if hi - lo > 3 * max(p_hi - p_lo, 1e-9):  # a few values far out: clip them, not the axis
+        lo, hi = p_lo, p_hi
+    lo, hi = min([lo, *finite_th]), max([hi, *finite_th])
+    bins = _bins(np.array([lo, hi]))
+    lo, hi = bins[0], bins[-1]
+    n_out = int(((both < lo) | (both > hi)).sum())
+    kept = np.clip(kept, lo, hi)
+    dropped = np.clip(dropped, lo, hi) if dropped is not None else None
+    if n_out:
+        xlabel += f"\n({n_out} off-axis, in the edge bins)"
     data, colors, labels = [kept], [KEPT], [f"{label} ({len(kept)})"]
     if dropped is not None:
         data, colors, labels = [kept, dropped], [KEPT, DROPPED], [f"{label} ({len(kept)})", f"dropped ({len(dropped)})"]

@@ -2,7 +2,7 @@
 
 The page is rebuilt from the manifests (DuckDB views) every time, never appended to, so it
 always says what the manifests say. It shows the corpus summary and the runs, figures
-(matplotlib, inline SVG), audio of sampled segments (Ogg/Opus data URIs, ``manifests.clips``)
+(matplotlib, inline SVG), audio of sampled segments (Ogg/Vorbis data URIs, ``manifests.clips``)
 and, when ``OUT/manifests/tokens`` exists, the tokens of each codec. It needs no network to
 open: no script, font or style is loaded from anywhere; every byte is in the file.
 
@@ -485,7 +485,7 @@ class Report:
         body = '<section id="listen"><h2>Listen</h2>'
         body += (f"<p class='note'>A random sample (seed {c.seed}) of {c.listen_kept} kept segments and {c.listen_per_reason} "
                  f"of each drop reason. Kept audio comes from the shards; dropped segments are in no shard, so theirs is "
-                 f"cut from the source file when it can be read here. Clips are Ogg/Opus 24 kHz, cut to "
+                 f"cut from the source file when it can be read here. Clips are Ogg/Vorbis 24 kHz, cut to "
                  f"{c.clip_seconds:g} s, and added only while the page stays under {c.max_bytes / 1e6:g} MB: "
                  f"<b>{n_in} clips embedded, {n_out} left out by the size cap, {n_na} without audio</b>.</p>")
         for grp, cs in cards.items():
