@@ -76,14 +76,15 @@ def histogram(ax, kept: np.ndarray, dropped: np.ndarray | None, xlabel: str,
         empty_note(ax)
         ax.set_xlabel(xlabel)
         return
-    # The axis spans 0.5-99.5 % of the values (a 0.01 s segment has a speech rate of thousands of
-    # chars/s, which would squash every other bar into one) and the thresholds; values beyond it
-    # are drawn in the edge bins and counted in the label.
+    # The axis spans the values and the thresholds, except that a side stops at 0.5 / 99.5 % of the
+    # values when a few lie far beyond (a 0.01 s segment has a speech rate of thousands of chars/s,
+    # which would squash every other bar into one); those are drawn in the edge bins and counted.
     finite_th = [t for t, _ in thresholds if np.isfinite(t)]
     lo, hi = float(both.min()), float(both.max())
     p_lo, p_hi = np.percentile(both, [0.5, 99.5])
-    if hi - lo > 3 * max(p_hi - p_lo, 1e-9):  # a few values far out: clip them, not the axis
-        lo, hi = p_lo, p_hi
+    span = max(p_hi - p_lo, 1e-9)
+    # a side whose extreme lies far beyond its percentile is cut there; a side without outliers is not
+    lo, hi = (p_lo if lo < p_lo - span else lo), (p_hi if hi > p_hi + span else hi)
     lo, hi = min([lo, *finite_th]), max([hi, *finite_th])
     bins = _bins(np.array([lo, hi]))
     lo, hi = bins[0], bins[-1]
