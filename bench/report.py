@@ -123,6 +123,7 @@ def main() -> int:
             r = build_report(out, cfg=ReportConfig())
             print(f"build {rep + 1}: {r.seconds:.1f} s, page {r.bytes / 1e6:.2f} MB, {r.figures} figures, "
                   f"{r.clips} clips ({r.clips_left_out} left out by the cap, {r.clips_unavailable} without audio)")
+            print(f"  seconds per section: {r.timings}")
         print(f"page: {r.path}" if a.keep else "")
     finally:
         if not a.keep:

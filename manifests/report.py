@@ -78,6 +78,7 @@ class ReportResult:
     clips_left_out: int  # clips the page size cap left out
     clips_unavailable: int  # sampled segments whose audio could not be read
     figures: int
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # s per section
 
 
 # --------------------------------------------------------------------------------------
@@ -496,11 +497,22 @@ class Report:
     def build(self, path: str | os.PathLike | None = None) -> ReportResult:
         t0 = time.time()
         path = Path(path) if path else self.out / DEFAULT_NAME
-        figures = ('<section id="figures"><h2>Segments</h2>' + self.durations() + self.speakers() + self.languages()
-                   + self.outcomes() + self.distributions() + "<h2>Sources</h2>" + self.sources() + "</section>")
-        rest = self.summary() + figures + self.tokens()
+        timings: dict[str, float] = {}
+
+        def timed(name, fn, *args):
+            t = time.time()
+            try:
+                return fn(*args)
+            finally:
+                timings[name] = round(time.time() - t, 3)
+
+        figures = ('<section id="figures"><h2>Segments</h2>' + timed("durations", self.durations)
+                   + timed("speakers", self.speakers) + timed("languages", self.languages)
+                   + timed("drop_reasons", self.outcomes) + timed("quality", self.distributions) + "<h2>Sources</h2>"
+                   + timed("sources", self.sources) + "</section>")
+        rest = timed("summary", self.summary) + figures + timed("tokens", self.tokens)
         budget = self.cfg.max_bytes - len(rest.encode()) - len(_HEAD) - 4000
-        listen, n_in, n_out, n_na = self.listen(budget)
+        listen, n_in, n_out, n_na = timed("listen", self.listen, budget)
         nav = ('<nav><a href="#summary">corpus</a> · <a href="#figures">segments</a> · <a href="#listen">listen</a>'
                + (' · <a href="#tokens">tokens</a>' if "id=\"tokens\"" in rest else "") + "</nav>")
         title = f"voxforge report: {esc(self.out.resolve().name)}"
@@ -511,7 +523,7 @@ class Report:
         data = page.encode("utf-8")
         atomic_write_bytes(path, data)
         return ReportResult(path=path, bytes=len(data), seconds=time.time() - t0, clips=n_in, clips_left_out=n_out,
-                            clips_unavailable=n_na, figures=self.figures)
+                            clips_unavailable=n_na, figures=self.figures, timings=timings)
 
 
 def _ts(col: str) -> str:
