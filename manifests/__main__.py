@@ -2,6 +2,7 @@
 
 Views: sources, segments, shards, tokens, runs (see README, "Manifests").
 Without SQL, prints a summary of the corpus.
+``python -m manifests report OUT`` writes the HTML report (see ``manifests.report``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,15 @@ from pathlib import Path
 
 import duckdb
 
-from manifests.views import connect
-
-SUMMARY = """
-SELECT
-  (SELECT count(*) FROM sources) AS sources,
-  (SELECT count(*) FROM sources WHERE status <> 'ok') AS sources_not_ok,
-  (SELECT round(coalesce(sum(duration), 0) / 3600, 3) FROM sources WHERE status = 'ok') AS hours_in,
-  (SELECT count(*) FROM segments WHERE kept) AS segments_kept,
-  (SELECT count(*) FROM segments WHERE NOT kept) AS segments_dropped,
-  (SELECT round(coalesce(sum(duration), 0) / 3600, 3) FROM segments WHERE kept) AS hours_kept,
-  (SELECT count(DISTINCT speaker) FROM segments WHERE kept) AS speakers,
-  (SELECT count(*) FROM shards) AS shards
-"""
+from manifests.views import SUMMARY, connect
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"] and not (Path("report") / "manifests").is_dir():  # not an output dir named report
+        from manifests.report import main as report_main
+
+        return report_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m manifests", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="output directory of an ingest run (holds manifests/)")

@@ -16,6 +16,19 @@ import duckdb
 from manifests.schemas import TABLES
 from manifests.store import list_parts, table_dir
 
+# The corpus summary (``python -m manifests OUT`` and the report's first table).
+SUMMARY = """
+SELECT
+  (SELECT count(*) FROM sources) AS sources,
+  (SELECT count(*) FROM sources WHERE status <> 'ok') AS sources_not_ok,
+  (SELECT round(coalesce(sum(duration), 0) / 3600, 3) FROM sources WHERE status = 'ok') AS hours_in,
+  (SELECT count(*) FROM segments WHERE kept) AS segments_kept,
+  (SELECT count(*) FROM segments WHERE NOT kept) AS segments_dropped,
+  (SELECT round(coalesce(sum(duration), 0) / 3600, 3) FROM segments WHERE kept) AS hours_kept,
+  (SELECT count(DISTINCT speaker) FROM segments WHERE kept) AS speakers,
+  (SELECT count(*) FROM shards) AS shards
+"""
+
 _DUCK_TYPES = {
     "string": "VARCHAR",
     "int32": "INTEGER",

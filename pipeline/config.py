@@ -136,6 +136,7 @@ class IngestConfig:
     resources: dict[str, StageResources] = field(default_factory=_default_resources)
     limit: int | None = None  # process at most this many new sources (debugging)
     device: str = "auto"  # device of the pyannote models: auto | cpu | cuda
+    report: bool = True  # rebuild OUT/report.html when the run ends (manifests.report; a few seconds)
 
     def __post_init__(self):
         if not self.inputs:

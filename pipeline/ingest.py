@@ -49,6 +49,8 @@ def parse_args(argv=None) -> IngestConfig:
                    help="directory (recursive), glob, .txt/.parquet list of files, or fsspec URI; repeatable")
     g.add_argument("--output", required=True, help="output directory (shards/ and manifests/)")
     g.add_argument("--limit", type=int, default=None, help="process at most N new sources")
+    g.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not rebuild OUT/report.html at the end (python -m manifests report OUT does)")
     g = ap.add_argument_group("segmentation")
     g.add_argument("--vad", choices=["pyannote", "silero"], default=d.vad)
     g.add_argument("--vad-model", default=None, help="pyannote segmentation checkpoint (default: whisperx's bundled model)")
@@ -141,7 +143,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(stats), flush=True)
+    print(_report_line(cfg), flush=True)
     return 0
+
+
+def _report_line(cfg: IngestConfig) -> str:
+    """The summary's last line: where the report is (rebuilt now from all the manifests)."""
+    if not cfg.report:
+        return f"report: not rebuilt (--no-report); build it with: python -m manifests report {cfg.output}"
+    from manifests.report import after_job
+
+    return after_job(cfg.output)
 
 
 if __name__ == "__main__":

@@ -12,3 +12,4 @@ $PY -m manifests demo/out
 $PY -m manifests demo/out "SELECT speaker, count(*) AS segments, round(sum(duration), 1) AS seconds FROM segments WHERE kept GROUP BY 1 ORDER BY 1"
 $PY -m manifests demo/out "SELECT coalesce(drop_reason, 'kept') AS outcome, count(*) AS n FROM segments GROUP BY 1"
 $PY -m manifests demo/out "SELECT path, status, error FROM sources WHERE status <> 'ok'"
+echo "report: demo/out/report.html (the ingest rebuilt it; python -m manifests report demo/out does too)"

@@ -6,15 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for bin in ffmpeg sox espeak-ng; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
+# chromium: the report's browser test (tests/manifests/test_report.py) drives Debian's Chromium
+for bin in ffmpeg sox espeak-ng chromium; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
 if ((${#need_apt[@]})); then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "[setup] apt-get install ${need_apt[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg sox espeak-ng libsndfile1 >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg sox espeak-ng libsndfile1 chromium >/dev/null
   else
-    echo "[setup] please install: ${need_apt[*]} (ffmpeg libraries are needed by torchcodec)" >&2
+    echo "[setup] please install: ${need_apt[*]} (ffmpeg libraries are needed by torchcodec; chromium by the report's test)" >&2
     exit 1
   fi
 fi

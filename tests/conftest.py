@@ -28,3 +28,7 @@ def speech_manifest() -> list[dict]:
 
     with open(SPEECH / "MANIFEST.tsv", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+# the end-to-end ingest, shared by tests/pipeline/test_ingest_e2e.py and tests/manifests/test_report.py
+from tests.pipeline.e2e import e2e_ingested  # noqa: E402, F401

@@ -77,6 +77,7 @@ class TokenizeConfig:
     object_store_mb: int | None = 1024  # local Ray only
     progress_bars: bool = False
     engine: str = "ray"  # ray (the job) | local (one process: a reader thread + one encoder; no Ray)
+    report: bool = True  # rebuild OUT/report.html when the run ends (manifests.report; a few seconds)
     resolved: dict = field(default_factory=dict)  # filled by the job: codec_id, actors, device...
 
     def __post_init__(self):
@@ -614,6 +615,8 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     ap.add_argument("--progress-bars", action="store_true", help="show Ray Data's progress bars")
     ap.add_argument("--engine", choices=["ray", "local"], default="ray",
                     help="ray: the Ray Data job (default); local: one process, no Ray (one encoder)")
+    ap.add_argument("--no-report", dest="report", action="store_false",
+                    help="do not rebuild OUT/report.html at the end (python -m manifests report OUT does)")
     a = vars(ap.parse_args(argv))
     try:
         return TokenizeConfig(**a)
@@ -630,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     print(format_summary(stats), flush=True)
+    if cfg.report:
+        from manifests.report import after_job
+
+        print(after_job(cfg.input), flush=True)
+    else:
+        print(f"report: not rebuilt (--no-report); build it with: python -m manifests report {cfg.input}", flush=True)
     return 1 if stats["shards_failed"] else 0
 
 

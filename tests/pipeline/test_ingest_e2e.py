@@ -1,16 +1,13 @@
 """The real job on the real speech folder (plus a corpus of bad inputs), checked end to end.
 
-One ingest run (session-scoped) serves the checks; it is the slow part of the suite
-(~38 min of audio on 2 CPU cores).
+One ingest run (the session fixture ``e2e_ingested`` of tests/pipeline/e2e.py) serves the
+checks; it is the slow part of the suite (~38 min of audio on 2 CPU cores).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,51 +17,31 @@ import webdataset as wds
 from manifests.views import connect
 from pipeline.evaluation import der, load_rttm, load_uem, read_reference_text, segments_to_annotations, wer
 from pipeline.quality import DROP_REASONS
-from tests.conftest import REPO, speech_manifest
-from tests.pipeline.bad_inputs import make_bad_corpus
+from tests.conftest import speech_manifest
+from tests.pipeline.e2e import run_ingest
 
 pytestmark = pytest.mark.slow
 
 
-def run_ingest(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    p = subprocess.run([sys.executable, str(REPO / "pipeline" / "ingest.py"), *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise AssertionError(f"ingest failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    return p
-
-
-@pytest.fixture(scope="session")
-def ingested(tmp_path_factory, speech_dir):
-    root = tmp_path_factory.mktemp("ingest")
-    bad = root / "bad"
-    expected = make_bad_corpus(bad, speech_dir / "lhotse/test/fixtures/mix_cut_test/audio/storage/2412-153948-0000.flac")
-    out = root / "out"
-    p = run_ingest(["--input", str(speech_dir), "--input", str(bad), "--output", str(out),
-                    "--shard-max-samples", "200"])
-    return {"out": out, "bad": bad, "expected": expected, "stdout": p.stdout, "speech": speech_dir}
-
-
-def test_every_input_has_a_sources_row_and_bad_ones_are_rejected_with_reasons(ingested):
-    con = connect(ingested["out"])
+def test_every_input_has_a_sources_row_and_bad_ones_are_rejected_with_reasons(e2e_ingested):
+    con = connect(e2e_ingested["out"])
     rows = {r[0]: r[1:] for r in con.execute("SELECT path, status, error FROM sources").fetchall()}
     n_speech = sum(1 for r in speech_manifest() if not r["path"].endswith(".raw"))
-    assert len(rows) == n_speech + len(ingested["expected"])
-    for name, (status, reason) in ingested["expected"].items():
-        st, err = rows[str(ingested["bad"] / name)]
+    assert len(rows) == n_speech + len(e2e_ingested["expected"])
+    for name, (status, reason) in e2e_ingested["expected"].items():
+        st, err = rows[str(e2e_ingested["bad"] / name)]
         assert st == status, (name, st, err)
         if reason:
             assert err.startswith(reason + ":") and name in err
     for r in speech_manifest():
         if not r["path"].endswith(".raw"):
-            st, err = rows[str(ingested["speech"] / r["path"])]
+            st, err = rows[str(e2e_ingested["speech"] / r["path"])]
             assert st == "ok", (r["path"], err)
-    assert "== ingest summary ==" in ingested["stdout"]
+    assert "== ingest summary ==" in e2e_ingested["stdout"]
 
 
-def test_shards_read_back_as_24k_mono_matching_the_manifest(ingested):
-    out = ingested["out"]
+def test_shards_read_back_as_24k_mono_matching_the_manifest(e2e_ingested):
+    out = e2e_ingested["out"]
     con = connect(out)
     seg = {k: (d, s) for k, d, s in con.execute("SELECT key, duration, shard FROM segments WHERE kept").fetchall()}
     shards = [r[0] for r in con.execute("SELECT path FROM shards ORDER BY shard").fetchall()]
@@ -90,8 +67,8 @@ def test_shards_read_back_as_24k_mono_matching_the_manifest(ingested):
         assert all(w["speaker"] == spk for w in words)
 
 
-def test_dropped_segments_are_recorded_with_a_reason(ingested):
-    con = connect(ingested["out"])
+def test_dropped_segments_are_recorded_with_a_reason(e2e_ingested):
+    con = connect(e2e_ingested["out"])
     n_null = con.execute("SELECT count(*) FROM segments WHERE NOT kept AND drop_reason IS NULL").fetchone()[0]
     assert n_null == 0
     reasons = dict(con.execute("SELECT drop_reason, count(*) FROM segments WHERE NOT kept GROUP BY 1").fetchall())
@@ -100,15 +77,15 @@ def test_dropped_segments_are_recorded_with_a_reason(ingested):
     assert "overlap" in reasons
 
 
-def test_wer_of_the_pipeline_is_within_2_points_of_whisper_on_whole_files(ingested):
+def test_wer_of_the_pipeline_is_within_2_points_of_whisper_on_whole_files(e2e_ingested):
     from faster_whisper import WhisperModel
 
     from pipeline.transcribe import resolve_asr_model
 
-    speech = ingested["speech"]
+    speech = e2e_ingested["speech"]
     rows = [r for r in speech_manifest() if r["notes"].startswith("cat=A") and r["language"] == "en"
             and r["ground_truth_path"] and not r["path"].endswith(".raw")]
-    con = connect(ingested["out"])
+    con = connect(e2e_ingested["out"])
     texts = {}
     for path, text in con.execute(
             "SELECT source_path, string_agg(text, ' ' ORDER BY start) FROM segments GROUP BY 1").fetchall():
@@ -126,13 +103,13 @@ def test_wer_of_the_pipeline_is_within_2_points_of_whisper_on_whole_files(ingest
     assert w_pipe <= w_direct + 0.02
 
 
-def test_der_on_the_ami_clips_is_computed_and_reported(ingested):
-    data = ingested["speech"] / "pyannote-audio/tests/data"
+def test_der_on_the_ami_clips_is_computed_and_reported(e2e_ingested):
+    data = e2e_ingested["speech"] / "pyannote-audio/tests/data"
     refs, uems = {}, {}
     for split in ("train", "development", "test"):
         refs.update(load_rttm(data / f"debug.{split}.rttm"))
         uems.update(load_uem(data / f"debug.{split}.uem"))
-    con = connect(ingested["out"])
+    con = connect(e2e_ingested["out"])
     rows = [dict(zip(("source_path", "start", "end", "speaker"), r)) for r in con.execute(
         "SELECT source_path, start, \"end\", speaker FROM segments WHERE source_path LIKE '%pyannote-audio/tests/data/%'"
     ).fetchall()]
@@ -159,10 +136,10 @@ def test_der_on_the_ami_clips_is_computed_and_reported(ingested):
     assert stage["n_files"] == 14 and stage["der"] < result["der"]
 
 
-def test_rerun_is_a_no_op(ingested):
-    out = ingested["out"]
+def test_rerun_is_a_no_op(e2e_ingested):
+    out = e2e_ingested["out"]
     before = connect(out).execute("SELECT count(*) FROM segments").fetchone()[0]
-    p = run_ingest(["--input", str(ingested["speech"]), "--input", str(ingested["bad"]), "--output", str(out),
+    p = run_ingest(["--input", str(e2e_ingested["speech"]), "--input", str(e2e_ingested["bad"]), "--output", str(out),
                     "--shard-max-samples", "200"])
     con = connect(out)
     assert con.execute("SELECT count(*) FROM segments").fetchone()[0] == before

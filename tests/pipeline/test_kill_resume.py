@@ -14,7 +14,7 @@ import webdataset as wds
 
 from manifests.views import connect
 from tests.conftest import REPO
-from tests.pipeline.test_ingest_e2e import run_ingest
+from tests.pipeline.e2e import run_ingest
 
 pytestmark = pytest.mark.slow
 

@@ -209,6 +209,9 @@ def test_killed_between_tar_and_manifest_then_rerun_gives_every_sample_exactly_o
     assert p.returncode == 0, p.stderr[-3000:]
     assert "== tokenize summary ==" in p.stdout and "s of audio per s" in p.stdout
     assert "uncommitted tars redone: 1" in p.stdout
+    # the summary ends with where the rebuilt report is, and the report has the tokens now
+    assert p.stdout.strip().splitlines()[-1].startswith(f"report: open {corpus / 'report.html'}"), p.stdout[-500:]
+    assert 'id="tokens"' in (corpus / "report.html").read_text()
     assert committed.stat().st_mtime_ns == mtime  # the committed shard was not redone
 
     audio_keys = [k for t in sorted((corpus / "shards" / "audio").glob("*.tar")) for k, _, _ in _audio_samples(t)]
