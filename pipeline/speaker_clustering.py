@@ -24,24 +24,38 @@ import numpy as np
 from pyannote.audio.pipelines.clustering import BaseClustering
 
 DEFAULT_MAX_SPEAKERS = 10  # k searched when no --max-speakers is given
+MAX_POINTS = 2000  # embeddings clustered at once (~2.5 s each: 80 min of speech); more are sampled
 
 
 def choose_clusters(embeddings: np.ndarray, min_clusters: int, max_clusters: int,
-                    min_silhouette: float) -> np.ndarray:
+                    min_silhouette: float, max_points: int = MAX_POINTS) -> np.ndarray:
     """embeddings [N, D] -> cluster index [N] in 0..k-1.
 
     k is the cut of the average-linkage (cosine) dendrogram with the best silhouette among
     ``max(2, min_clusters)..max_clusters``; k = 1 when ``min_clusters <= 1`` and that best
-    silhouette is below ``min_silhouette``.
+    silhouette is below ``min_silhouette``. Linkage and silhouette need all N^2 distances
+    (a 3-hour source has ~12k embeddings: 1 GB), so above ``max_points`` a fixed-seed sample is
+    clustered and the rest join the nearest cluster centroid.
     """
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import pdist, squareform
-    from sklearn.metrics import silhouette_score
-
     n = len(embeddings)
     if n < 2 or max_clusters < 2:
         return np.zeros(n, dtype=int)
     x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    if n <= max_points:
+        return _choose(x, min_clusters, max_clusters, min_silhouette)
+    sample = np.sort(np.random.default_rng(0).choice(n, size=max_points, replace=False))
+    labels = _choose(x[sample], min_clusters, max_clusters, min_silhouette)
+    centroids = np.stack([x[sample][labels == k].mean(0) for k in range(labels.max() + 1)])
+    return np.unique(np.argmax(x @ centroids.T, axis=1), return_inverse=True)[1]  # no empty cluster ids
+
+
+def _choose(x: np.ndarray, min_clusters: int, max_clusters: int, min_silhouette: float) -> np.ndarray:
+    """``choose_clusters`` on unit-norm embeddings ``x`` [N, D]."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.metrics import silhouette_score
+
+    n = len(x)
     d = pdist(x, metric="cosine").clip(0.0, 2.0)
     tree = linkage(d, method="average")
     dist = squareform(d)

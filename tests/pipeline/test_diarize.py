@@ -69,6 +69,9 @@ def test_choose_clusters_counts_separated_groups_and_obeys_bounds():
     assert len(set(choose_clusters(x, 1, 2, min_silhouette=0.2))) == 2
     assert len(set(choose_clusters(blob, 4, 10, min_silhouette=0.2))) >= 4
     assert len(set(choose_clusters(blob, 4, 4, min_silhouette=0.2))) == 4
+    # past max_points a sample is clustered and the rest join its centroids: same groups
+    sampled = choose_clusters(x, 1, 10, min_silhouette=0.2, max_points=20)
+    assert len(set(sampled)) == 3 and all(len(set(sampled[i * 12:(i + 1) * 12])) == 1 for i in range(3))
 
 
 def test_speaker_hint_options_are_validated():
