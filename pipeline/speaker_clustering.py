@@ -91,6 +91,18 @@ class SilhouetteClustering(BaseClustering):
             max_clusters = self.default_max
         return super().set_num_clusters(num_embeddings, num_clusters, min_clusters, int(max_clusters))
 
+    def __call__(self, embeddings, segmentations=None, num_clusters=None, min_clusters=None, max_clusters=None,
+                 **kwargs):
+        train, _, _ = self.filter_embeddings(embeddings, segmentations=segmentations)
+        if len(train) == 0:
+            # No local speaker talks alone long enough to be clustered (a short or wholly overlapped
+            # source): one speaker. pyannote would average an empty array here (NaN centroid).
+            chunks, local, dim = embeddings.shape
+            valid = embeddings[~np.isnan(embeddings).any(axis=-1)]
+            centroid = valid.mean(axis=0, keepdims=True) if len(valid) else np.zeros((1, dim))
+            return np.zeros((chunks, local), dtype=np.int8), np.ones((chunks, local, 1)), centroid
+        return super().__call__(embeddings, segmentations, num_clusters, min_clusters, max_clusters, **kwargs)
+
     def cluster(self, embeddings, min_clusters, max_clusters, num_clusters=None):
         if num_clusters is not None:
             min_clusters = max_clusters = num_clusters

@@ -81,3 +81,19 @@ def test_speaker_hint_options_are_validated():
         IngestConfig(inputs=["x"], output="x", num_speakers=0)
     with pytest.raises(ConfigError, match="clustering"):
         IngestConfig(inputs=["x"], output="x", clustering="kmeans")
+
+
+def test_a_source_with_nothing_to_cluster_is_one_speaker_without_numpy_warnings(speech_dir):
+    """trn02: one speaker, too little clean speech per window to cluster (pyannote's own
+    clustering averaged an empty array there: 'Mean of empty slice')."""
+    import warnings
+
+    from pipeline.decode import Decoder
+    from pipeline.diarize import Diarizer
+    from pipeline.segment import Segmenter
+
+    audio = Decoder()(str(speech_dir / "pyannote-audio/tests/data/trn02.wav")).audio16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        d = Diarizer()(audio, Segmenter()(audio))
+    assert len({t[2] for t in d.turns}) == 1
