@@ -84,13 +84,15 @@ class Part:
 
 # Budgets: H200 estimates from the CPU runs and the chip's rates, with margin (docs/gpu.md); the sum
 # (455 s) plus the wheels (~10 s) stays under the 8 minutes the issue allows (--budget 470).
+# Smoke budgets are generous: on a quiet 2-core CPU each part takes 5-40 s, but a loaded CI machine
+# can be 5x slower, and the smoke test checks that the kit runs, not how fast.
 PARTS = (
-    Part("env", 25, 30, "versions, GPU, matmul ceiling"),
-    Part("cuda_tests", 40, 60, "GPU-marked tests"),
-    Part("tokenizer", 80, 60, "local tokenize engine, tiny + voxtral"),
-    Part("codec_speed", 40, 40, "codec training speed, tiny + voxtral"),
-    Part("trainer", 85, 60, "bench/train.py 1b (3b if time)"),
-    Part("codec_quality", 180, 60, "tiny trained for a fixed time, then codec/eval.py"),
+    Part("env", 25, 60, "versions, GPU, matmul ceiling"),
+    Part("cuda_tests", 40, 120, "GPU-marked tests"),
+    Part("tokenizer", 80, 150, "local tokenize engine, tiny + voxtral"),
+    Part("codec_speed", 40, 150, "codec training speed, tiny + voxtral"),
+    Part("trainer", 85, 150, "bench/train.py 1b (3b if time)"),
+    Part("codec_quality", 180, 150, "tiny trained for a fixed time, then codec/eval.py"),
     Part("asr", 5, 30, "faster-whisper tiny.en batched"),
 )
 PART_NAMES = tuple(p.name for p in PARTS)
@@ -953,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if torch sees one")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds per part (CPU smoke test)")
     ap.add_argument("--parts", nargs="+", choices=PART_NAMES, default=None, help="run only these parts")
-    ap.add_argument("--budget", type=float, default=None, help="whole run, s (default 470; smoke 300)")
+    ap.add_argument("--budget", type=float, default=None, help="whole run, s (default 470; smoke 900)")
     ap.add_argument("--quality-seconds", type=float, default=None,
                     help="training time of the codec quality run (default 150; smoke 5)")
     ap.add_argument("--tokenize-repeats", type=int, default=12,
@@ -971,7 +973,7 @@ def main(argv: list[str] | None = None) -> int:
 
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     a.data = str(Path(a.data).resolve())  # part processes run in the repository root
-    a.budget = a.budget or (300.0 if a.smoke else 470.0)
+    a.budget = a.budget or (900.0 if a.smoke else 470.0)
     a.quality_seconds = a.quality_seconds if a.quality_seconds is not None else (5.0 if a.smoke else 150.0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

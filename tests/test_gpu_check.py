@@ -44,7 +44,7 @@ def corpus(tmp_path_factory, speech_dir):
     return out
 
 
-def _run(args, env_extra=None, timeout=400):
+def _run(args, env_extra=None, timeout=1000):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, str(KIT), *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=timeout)
