@@ -4,14 +4,23 @@
 - a glob (``/data/**/*.flac``);
 - a ``.txt`` list (one path/URI a line, ``#`` comments) or a ``.parquet`` list (column ``path``);
 - any fsspec/pyarrow URI (``s3://bucket/corpus/``, ``gs://...``): listed with fsspec.
+
+Directory walks take regular files only, after following links (and dangling links, which get an
+``unreadable`` row): a named pipe, device or socket found in a walk is logged and left out. One
+given explicitly (an argument, a list entry, a glob match) is kept, and the hashing step records
+it as ``not_a_file`` without opening it for a blocking read.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 from pipeline.config import AUDIO_EXTENSIONS
+
+
+log = logging.getLogger("ingest")
 
 
 class InputError(ValueError):
@@ -20,6 +29,15 @@ class InputError(ValueError):
 
 def _is_audio(p: str) -> bool:
     return p.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _walk_entry(path: str) -> bool:
+    """A directory walk keeps regular files (after links) and dangling links (recorded as
+    unreadable); special files are left out: opening a FIFO to read blocks until a writer comes."""
+    if os.path.isfile(path) or not os.path.exists(path):
+        return True
+    log.warning("skipped %s: not a regular file (a named pipe, device or socket)", path)
+    return False
 
 
 def _remote(uri: str) -> bool:
@@ -60,7 +78,7 @@ def discover(inputs: list[str]) -> list[str]:
         inp = inp.removeprefix("file://")
         if os.path.isdir(inp):
             for root, _dirs, files in os.walk(inp, followlinks=True):
-                found += [os.path.join(root, f) for f in files if _is_audio(f)]
+                found += [p for f in files if _is_audio(f) and _walk_entry(p := os.path.join(root, f))]
         elif os.path.isfile(inp) and inp.lower().endswith((".txt", ".lst", ".parquet")):
             for p in _read_list(inp):
                 found += discover([p]) if (os.path.isdir(p) or any(c in p for c in "*?[")) else [p]
