@@ -44,6 +44,14 @@ def _hash_regular(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
     return h.hexdigest()[:16], st.st_size
 
 
+def _stage_fault(stage: str, path: str) -> None:
+    """Fault injection for tests: ``VOXFORGE_STAGE_FAULT=decode:name.flac`` makes stage ``decode``
+    raise an unexpected error for every source whose file name is ``name.flac``."""
+    spec = os.environ.get("VOXFORGE_STAGE_FAULT")
+    if spec and spec == f"{stage}:{os.path.basename(path)}":
+        raise RuntimeError(f"injected fault ({spec})")
+
+
 def rows_of(batch: Batch) -> list[dict]:
     n = len(next(iter(batch.values()))) if batch else 0
     return [{k: batch[k][i] for k in batch} for i in range(n)]
@@ -67,6 +75,7 @@ class _Stage:
                 continue
             t = time.perf_counter()
             try:
+                _stage_fault(self.name, row.get("path", ""))
                 self.process(row)
             except SourceError as e:
                 row["status"], row["error"] = e.status, str(e)
