@@ -14,7 +14,7 @@ import stat
 import time
 import traceback
 
-from pipeline.config import IngestConfig
+from pipeline.config import AUDIO_EXTENSIONS, IngestConfig
 from pipeline.errors import NotAFile, SourceError, StageFailure, Unreadable
 
 Batch = dict[str, list]
@@ -126,8 +126,10 @@ class _local_copy:
 
         import fsspec
 
-        suffix = os.path.splitext(self.path)[1]
-        fd, self.tmp = tempfile.mkstemp(suffix=suffix)
+        # the temporary name never comes from the input's name: only a known audio extension is
+        # kept (a decoder's hint), never whatever text a remote object's name ends with
+        ext = os.path.splitext(self.path)[1].lower()
+        fd, self.tmp = tempfile.mkstemp(prefix="voxforge-", suffix=ext if ext in AUDIO_EXTENSIONS else "")
         os.close(fd)
         try:
             with fsspec.open(self.path, "rb") as src, open(self.tmp, "wb") as dst:

@@ -5,6 +5,7 @@ downloaded again to be skipped, and two ingests on one output are refused."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def _ingest(args: list[str], **env) -> subprocess.CompletedProcess:
 def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_dir):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus.mkdir()
-    shutil.copy(speech_dir / "pocketsphinx/test/data/cards/001.wav", corpus / "a.wav")
+    a_name = "LEAK a ü;$(x).wav"  # a name that must not reach any output path or key
+    shutil.copy(speech_dir / "pocketsphinx/test/data/cards/001.wav", corpus / a_name)
     shutil.copy(speech_dir / "pocketsphinx/test/data/cards/002.wav", corpus / "c.wav")
     args = ["--input", str(corpus), "--output", str(out)]
 
@@ -45,10 +47,10 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     _ingest(args, VOXFORGE_STAGE_FAULT="segment:c.wav")
     first = {r["path"]: r for r in read_table(out, "sources").to_pylist()}
     assert first[str(corpus / "c.wav")]["status"] == "failed" and first[str(corpus / "c.wav")]["source_id"]
-    assert first[str(corpus / "a.wav")]["status"] == "ok"
+    assert first[str(corpus / a_name)]["status"] == "ok"
 
     # run 2: a copy of a.wav appears; the fault is gone
-    shutil.copy(corpus / "a.wav", corpus / "b_copy.wav")
+    shutil.copy(corpus / a_name, corpus / "b_copy.wav")
     _ingest(args)
     con = connect(out)
     rows = {p: (s, e) for p, s, e in con.execute("SELECT path, status, error FROM sources").fetchall()}
@@ -56,7 +58,7 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     if rows.get(str(corpus / "c.wav"), (None,))[0] != "ok":
         problems.append(f"failed source not retried: {rows.get(str(corpus / 'c.wav'))}")
     copy = rows.get(str(corpus / "b_copy.wav"))
-    if not (copy and copy[0] == "rejected" and copy[1].startswith("duplicate:") and str(corpus / "a.wav") in copy[1]):
+    if not (copy and copy[0] == "rejected" and copy[1].startswith("duplicate:") and str(corpus / a_name) in copy[1]):
         problems.append(f"later copy has no duplicate row: {copy}")
     assert not problems, problems
     # one row per path in the view; the failed attempt stays in the parts as history
@@ -70,6 +72,12 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     assert sorted(in_tars) == sorted(kept)
     c_id = con.execute("SELECT source_id FROM sources WHERE path = ?", [str(corpus / "c.wav")]).fetchone()[0]
     assert any(k.startswith(c_id) for k in kept)
+    # no output path or key comes from an input's name: only the layout's own names
+    layout = re.compile(r"^(shards/audio/\d{6}\.tar|manifests/(sources|segments|shards)/\d{6}\.parquet|"
+                        r"manifests/runs/ingest-[0-9T]+-[0-9a-f]{6}\.parquet|manifests/ingest\.lock)$")
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert files and all(layout.match(f) for f in files), files
+    assert all(re.fullmatch(r"[0-9a-f]{16}_\d{5}", k) for k in in_tars)
 
     # run 3: everything is committed, the copy included: nothing is hashed again
     stats = run_ingest(IngestConfig(inputs=[str(corpus)], output=str(out), vad="silero", diarization="none"))
