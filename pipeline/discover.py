@@ -5,9 +5,9 @@
 - a ``.txt`` list (one path/URI a line, ``#`` comments) or a ``.parquet`` list (column ``path``);
 - any fsspec/pyarrow URI (``s3://bucket/corpus/``, ``gs://...``): listed with fsspec.
 
-Directory walks take regular files only, after following links (and dangling links, which get an
-``unreadable`` row): a named pipe, device or socket found in a walk is logged and left out. One
-given explicitly (an argument, a list entry, a glob match) is kept, and the hashing step records
+Directory walks and glob matches take regular files only, after following links (and dangling
+links, which get an ``unreadable`` row): a named pipe, device or socket found there is logged and
+left out. One named explicitly (an argument, a list entry) is kept, and the hashing step records
 it as ``not_a_file`` without opening it for a blocking read.
 """
 
@@ -32,7 +32,7 @@ def _is_audio(p: str) -> bool:
 
 
 def _walk_entry(path: str) -> bool:
-    """A directory walk keeps regular files (after links) and dangling links (recorded as
+    """A directory walk (or glob) keeps regular files (after links) and dangling links (recorded as
     unreadable); special files are left out: opening a FIFO to read blocks until a writer comes."""
     if os.path.isfile(path) or not os.path.exists(path):
         return True
@@ -85,7 +85,8 @@ def discover(inputs: list[str]) -> list[str]:
         elif os.path.lexists(inp):
             found.append(inp)  # a single file, readable or not: decode will say
         elif any(c in inp for c in "*?["):
-            found += [p for p in glob.glob(inp, recursive=True) if os.path.isfile(p) or os.path.islink(p)]
+            found += [p for p in glob.glob(inp, recursive=True) if os.path.lexists(p) and not os.path.isdir(p)
+                      and _walk_entry(p)]
         else:
             raise InputError(f"input {inp!r} does not exist (expected a directory, file, glob, list or URI)")
     return sorted(dict.fromkeys(os.path.abspath(p) if not _remote(p) else p for p in found))

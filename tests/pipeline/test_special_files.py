@@ -79,3 +79,8 @@ def test_a_regular_file_still_hashes_and_decodes(corpus, tmp_path):
     row = _hash_with_deadline(str(corpus / "link_to_real.flac"), tmp_path, 120)
     assert row["status"] == "ok", row.get("error")
     assert row["bytes"] == (corpus / "real.flac").stat().st_size and len(row["source_id"]) == 16
+
+
+def test_a_glob_takes_regular_files_only(corpus):
+    found = {os.path.basename(p) for p in discover([str(corpus / "*")])}
+    assert found == {"real.flac", "link_to_real.flac"}
