@@ -19,7 +19,6 @@ import os
 
 from pipeline.config import AUDIO_EXTENSIONS
 
-
 log = logging.getLogger("ingest")
 
 
