@@ -172,8 +172,10 @@ def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
 
 
 def _remote_sizes(uris: list[str]) -> dict[str, int | None]:
-    """Sizes of remote files from the store's metadata (one listing call per file system, no
-    download); None where the store cannot say (the file is then fetched and hashed)."""
+    """Sizes of remote files from the store's metadata (``fs.sizes``: a HEAD/info per file,
+    concurrent on async stores such as s3fs; nothing downloaded); None where the store cannot
+    say (the file is then fetched and hashed). Size, not ETag: the same cheap skip as for local
+    paths (a file rewritten in place with the same size is not noticed, as README says)."""
     if not uris:
         return {}
     import fsspec
