@@ -84,3 +84,14 @@ def test_a_regular_file_still_hashes_and_decodes(corpus, tmp_path):
 def test_a_glob_takes_regular_files_only(corpus):
     found = {os.path.basename(p) for p in discover([str(corpus / "*")])}
     assert found == {"real.flac", "link_to_real.flac"}
+
+
+def test_a_rejected_special_file_is_not_redone_by_every_rerun(corpus):
+    from pipeline.job import _unchanged
+
+    fifo = str(corpus / "pipe.flac")
+    assert _unchanged(fifo, {fifo: None})  # committed as not_a_file (bytes None), still a FIFO
+    assert _unchanged("/dev/zero", {"/dev/zero": None})
+    os.unlink(fifo)
+    (corpus / "pipe.flac").write_bytes(b"now a file")
+    assert not _unchanged(fifo, {fifo: None})  # a regular file now: redone
