@@ -41,13 +41,20 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     a_name = "LEAK a ü;$(x).wav"  # a name that must not reach any output path or key
     shutil.copy(speech_dir / "pocketsphinx/test/data/cards/001.wav", corpus / a_name)
     shutil.copy(speech_dir / "pocketsphinx/test/data/cards/002.wav", corpus / "c.wav")
-    args = ["--input", str(corpus), "--output", str(out)]
+    # special files: a FIFO in the walked folder (left out), one and a device named in a list (rows)
+    os.mkfifo(corpus / "in_walk.flac")
+    os.mkfifo(tmp_path / "listed.flac")
+    (tmp_path / "special.txt").write_text(f"{tmp_path / 'listed.flac'}\n/dev/zero\n")
+    args = ["--input", str(corpus), "--input", str(tmp_path / "special.txt"), "--output", str(out)]
 
     # run 1: an unexpected stage error (the test hook) fails c.wav after it was hashed and decoded
     _ingest(args, VOXFORGE_STAGE_FAULT="segment:c.wav")
     first = {r["path"]: r for r in read_table(out, "sources").to_pylist()}
     assert first[str(corpus / "c.wav")]["status"] == "failed" and first[str(corpus / "c.wav")]["source_id"]
     assert first[str(corpus / a_name)]["status"] == "ok"
+    for special in (str(tmp_path / "listed.flac"), "/dev/zero"):
+        assert first[special]["status"] == "rejected" and first[special]["error"].startswith("not_a_file:")
+    assert str(corpus / "in_walk.flac") not in first
 
     # run 2: a copy of a.wav appears; the fault is gone
     shutil.copy(corpus / a_name, corpus / "b_copy.wav")
@@ -61,9 +68,10 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     if not (copy and copy[0] == "rejected" and copy[1].startswith("duplicate:") and str(corpus / a_name) in copy[1]):
         problems.append(f"later copy has no duplicate row: {copy}")
     assert not problems, problems
-    # one row per path in the view; the failed attempt stays in the parts as history
-    assert len(rows) == 3 and con.execute("SELECT count(*) FROM sources").fetchone()[0] == 3
-    assert len(read_table(out, "sources")) == 4
+    # one row per path in the view; the failed attempt stays in the parts as history; the special
+    # files' rows are not written again
+    assert len(rows) == 5 and con.execute("SELECT count(*) FROM sources").fetchone()[0] == 5
+    assert len(read_table(out, "sources")) == 6
     # exactly once: no key twice, the tars hold exactly the kept segments, c.wav's among them
     assert con.execute("SELECT count(*) - count(DISTINCT key) FROM segments").fetchone()[0] == 0
     kept = {k for (k,) in con.execute("SELECT key FROM segments WHERE kept").fetchall()}
@@ -80,7 +88,8 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     assert all(re.fullmatch(r"[0-9a-f]{16}_\d{5}", k) for k in in_tars)
 
     # run 3: everything is committed, the copy included: nothing is hashed again
-    stats = run_ingest(IngestConfig(inputs=[str(corpus)], output=str(out), vad="silero", diarization="none"))
+    stats = run_ingest(IngestConfig(inputs=[str(corpus), str(tmp_path / "special.txt")], output=str(out),
+                                    vad="silero", diarization="none"))
     assert stats["sources_total"] == 0 and stats["sources"] == {}
 
 
