@@ -5,9 +5,9 @@ Layout of a training output directory::
     OUT/model.safetensors, OUT/config.json        latest codec (Codec.load(OUT) works)
     OUT/checkpoints/step_0000500/
         model.safetensors, config.json            the codec at that step (Codec.load works too)
-        train_state.safetensors                   discriminator, both optimisers, RNG states
+        train_state.safetensors                   discriminator, both optimisers, RNG states (rng.*.<rank>)
         train_state.json                          step, data position, optimiser hyper-parameters,
-                                                  python RNG, resolved config
+                                                  python RNG per rank, resolved config
     OUT/train_log.jsonl                           one JSON object per logged step
 
 A step directory is written under a temporary name and renamed when complete, so a run killed while

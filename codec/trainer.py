@@ -284,12 +284,15 @@ class CodecTrainer:
 
     # ---- checkpoints ----
     def save(self) -> Path | None:
+        # Every rank's data position and RNG streams differ (seeded seed + rank: each rank draws
+        # its own quantizer bypasses and crops); gather them so a resume restores each rank's own.
+        mine = {"data": self.stream.state_dict(), "rng": self._rng_state()}
         if self.world_size > 1:
-            # Every rank's data position differs; gather them so a resume restores each one.
-            positions = [None] * self.world_size
-            dist.all_gather_object(positions, self.stream.state_dict())
+            states = [None] * self.world_size
+            dist.all_gather_object(states, mine)
         else:
-            positions = [self.stream.state_dict()]
+            states = [mine]
+        positions = [s["data"] for s in states]
         if self.rank != 0:
             dist.barrier()
             return None
@@ -299,16 +302,17 @@ class CodecTrainer:
         tensors.update(
             {f"disc.{k}": v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()}
         )
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for r, st in enumerate(states):
+            tensors[f"rng.torch.{r}"] = st["rng"]["torch"]
+            if "cuda" in st["rng"]:
+                tensors[f"rng.cuda.{r}"] = st["rng"]["cuda"]
         meta = {
             "step": self.step,
             "world_size": self.world_size,
             "data": positions,
             "opt_g": g_meta,
             "opt_d": d_meta,
-            "python_random": _json_random_state(),
+            "python_random_per_rank": [st["rng"]["python"] for st in states],
             "codec_config": self.cfg.to_dict(),
         }
         path = checkpoint.write(self.out, self.step, self.codec, tensors, meta, keep=self.run.keep)
@@ -338,13 +342,30 @@ class CodecTrainer:
         self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
         checkpoint.optimizer_from_flat(self.opt_g, tensors, meta["opt_g"], "opt_g")
         checkpoint.optimizer_from_flat(self.opt_d, tensors, meta["opt_d"], "opt_d")
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        random.setstate(_json_to_random_state(meta["python_random"]))
+        if f"rng.torch.{self.rank}" in tensors:
+            r = self.rank
+            torch.set_rng_state(tensors[f"rng.torch.{r}"])
+            if f"rng.cuda.{r}" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{r}"], self.device)
+            random.setstate(_json_to_random_state(meta["python_random_per_rank"][r]))
+        elif self.rank == 0:
+            # a checkpoint written before the RNG was saved per rank holds rank 0's only; other
+            # ranks keep their fresh (seed + rank) streams rather than all copying rank 0's
+            torch.set_rng_state(tensors["rng.torch"])
+            if "rng.cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            random.setstate(_json_to_random_state(meta["python_random"]))
         self.stream.load_state_dict(meta["data"][self.rank])
         self.step = meta["step"]
         log.info("resumed from %s at step %d", d, self.step)
+
+
+    def _rng_state(self) -> dict:
+        """This process's RNG streams: torch CPU (and CUDA) generator, Python's ``random``."""
+        st = {"torch": torch.get_rng_state(), "python": _json_random_state()}
+        if self.device.type == "cuda":
+            st["cuda"] = torch.cuda.get_rng_state(self.device)
+        return st
 
 
 def _json_random_state() -> list:

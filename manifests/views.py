@@ -1,5 +1,8 @@
 """DuckDB views over the manifest tables: ``sources, segments, shards, tokens, runs``.
 
+``sources`` shows one row per input path: a ``failed`` attempt that a later run retried is
+superseded by the retry's row (the Parquet parts keep both).
+
     con = connect("OUT")
     con.execute("SELECT speaker, sum(duration)/3600 AS hours FROM segments WHERE kept GROUP BY 1").fetchall()
 
@@ -49,6 +52,14 @@ def _empty_select(table: str) -> str:
     return f"SELECT {', '.join(cols)} WHERE false"
 
 
+# One row per input path: a ``failed`` row (a stage error, retried by the next run) is superseded
+# by any row of the same path in a later part (part names sort in commit order). The parquet
+# parts keep every attempt, as history.
+_SOURCES_LATEST = """SELECT * EXCLUDE (filename, _last_part) FROM (
+    SELECT *, max(filename) OVER (PARTITION BY path) AS _last_part FROM ({parts})
+) WHERE NOT (status = 'failed' AND filename < _last_part)"""
+
+
 def connect(out: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per manifest table of ``out``."""
     con = duckdb.connect(database)
@@ -57,6 +68,8 @@ def connect(out: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckDB
             glob = str(table_dir(out, table) / "*.parquet").replace("'", "''")
             # union_by_name: parts written by different schema versions still read together
             sql = f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
+            if table == "sources":
+                sql = _SOURCES_LATEST.format(parts=sql.replace("union_by_name=true", "union_by_name=true, filename=true"))
         else:
             sql = _empty_select(table)
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {sql}")

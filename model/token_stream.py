@@ -49,6 +49,36 @@ def list_shards(directory: str | Path) -> list[Path]:
     return shards
 
 
+def shard_codec_id(shard: Path) -> str | None:
+    """The ``codec_id`` in the JSON of the shard's first sample (DESIGN §6), or None if absent."""
+    import tarfile
+
+    try:
+        with tarfile.open(shard, mode="r|") as tar:  # streaming: stops at the first JSON member
+            for m in tar:
+                if m.isfile() and m.name.endswith(".json"):
+                    return json.loads(tar.extractfile(m).read()).get("codec_id")
+    except Exception as e:  # noqa: BLE001 - any read error names the shard
+        raise TokenShardError(f"{shard}: unreadable tar ({type(e).__name__}: {e})") from e
+    return None
+
+
+def codec_id_of(shards: list[Path]) -> str:
+    """The one codec the token shards were made with, from each shard's first sample's JSON, not
+    from the folder's name (shards may be copied or renamed). Raises if the shards mix codecs.
+    Shards without a ``codec_id`` (written before it was recorded) fall back to their folder's name."""
+    ids: dict[str, Path] = {}
+    for shard in shards:
+        cid = shard_codec_id(shard) or Path(shard).resolve().parent.name
+        ids.setdefault(cid, shard)
+    if len(ids) > 1:
+        raise TokenShardError(
+            "token shards of different codecs must not mix: "
+            + ", ".join(f"{cid} ({shard})" for cid, shard in ids.items())
+        )
+    return next(iter(ids))
+
+
 def split_train_eval(shards: list[Path], eval_shards: int) -> tuple[list[Path], list[Path]]:
     """Hold out the last ``eval_shards`` shards, keeping at least one for training."""
     n = min(eval_shards, len(shards) - 1)

@@ -25,7 +25,7 @@ from model.flops import peak_tflops, step_flops
 from model.loader import ResumableLoader
 from model.parallel import DistInfo, all_reduce_sum, init_distributed, set_grad_sync, unwrap, wrap_model
 from model.text_tokenizer import load_tokenizer
-from model.token_stream import PackedTokenStream, list_shards, split_train_eval
+from model.token_stream import PackedTokenStream, codec_id_of, list_shards, split_train_eval
 from model.tts import TTSModel
 
 log = logging.getLogger("model.train")
@@ -71,11 +71,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
 
 
-def codec_id_of(tokens_dir: str) -> str:
-    """The token directory is ``.../tokens/<codec_id>``; the first sample's JSON confirms it."""
-    return Path(tokens_dir).resolve().name
-
-
 class Trainer:
     def __init__(
         self, spec: RunSpec, info: DistInfo | None = None, on_log: Callable[[dict], None] | None = None
@@ -98,7 +93,8 @@ class Trainer:
         self.train_shards, self.eval_shards = split_train_eval(shards, self.cfg.data.eval_shards)
         if spec.eval_tokens:
             self.eval_shards = list_shards(spec.eval_tokens)
-        self.codec_id = codec_id_of(spec.tokens)
+        # from the samples' JSON (DESIGN §6), not the folder name: copied or renamed shards keep it
+        self.codec_id = codec_id_of(self.train_shards + self.eval_shards)
 
         torch.manual_seed(self.cfg.seed)  # same initial weights on every rank
         model = TTSModel(self.mcfg)

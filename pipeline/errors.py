@@ -16,6 +16,13 @@ class SourceError(Exception):
         super().__init__(f"{self.reason}: {path}: {detail}")
 
 
+class NotAFile(SourceError):
+    """Not a regular file after links (a named pipe, a device, a socket): never opened, since
+    reading one can block forever (a FIFO without a writer) or never end (``/dev/zero``)."""
+
+    reason = "not_a_file"
+
+
 class EmptyFile(SourceError):
     reason = "empty_file"
 

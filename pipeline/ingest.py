@@ -134,12 +134,13 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from manifests.locks import JobLocked
     from pipeline.discover import InputError
     from pipeline.job import format_summary, run_ingest
 
     try:
         stats = run_ingest(cfg)
-    except InputError as e:
+    except (InputError, JobLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(stats), flush=True)

@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from importlib import metadata
 
+from manifests.locks import exclusive_lock
 from manifests.store import write_part
 from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.discover import discover
@@ -97,7 +98,21 @@ def source_row(row: dict, segment_rows: list[dict]) -> dict:
 
 
 def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
-    """Run the whole job; returns the run's stats (also stored in the ``runs`` table)."""
+    """Run the whole job; returns the run's stats (also stored in the ``runs`` table).
+    Raises ``manifests.locks.JobLocked`` when another ingest is writing the same output."""
+    from pathlib import Path
+
+    # one ingest per output: a second one's recovery would delete the first one's unfinished
+    # part, and both would take the same part number
+    lock = exclusive_lock(Path(cfg.output) / "manifests" / "ingest.lock", f"ingest on {cfg.output}",
+                          "wait for it to finish, or give this one another --output")
+    try:
+        return _run_locked(cfg, progress_every)
+    finally:
+        lock.close()
+
+
+def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
     from pipeline.ray_adapter import build_dataset, init_ray, unpack
 
     t0 = time.time()
@@ -115,7 +130,9 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
     write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
 
     # skip the cheap way first: a path whose committed row has the same size is not even hashed
-    todo = [p for p in paths if not _unchanged(p, writer.committed_sizes)]
+    # (nor, for a remote URI, downloaded: its size comes from the store's listing metadata)
+    sizes = _remote_sizes([p for p in paths if "://" in p and p in writer.committed_sizes])
+    todo = [p for p in paths if not _unchanged(p, writer.committed_sizes, sizes)]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     progress = Progress(len(todo))
@@ -126,8 +143,11 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
             for row in unpack(batch):
                 if row["status"] == "skip":
-                    progress.sources["skipped"] += 1
-                    continue
+                    if row["path"] in writer.committed_sizes:
+                        progress.sources["skipped"] += 1  # this very path is committed
+                        continue
+                    # known content under a new path: the writer records it as a duplicate
+                    row = {**row, "status": "ok"}
                 segs = row.get("segment_rows") or []
                 samples = row.get("samples") or []
                 src = source_row(row, segs)
@@ -151,18 +171,47 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
     return stats
 
 
-def _unchanged(path: str, known: dict[str, int | None]) -> bool:
-    """True when ``path`` is committed and still looks the same (so it is not even hashed).
-    A path that was unreadable stays skipped while it is still unreadable."""
-    import os
+def _remote_sizes(uris: list[str]) -> dict[str, int | None]:
+    """Sizes of remote files from the store's metadata (``fs.sizes``: a HEAD/info per file,
+    concurrent on async stores such as s3fs; nothing downloaded); None where the store cannot
+    say (the file is then fetched and hashed). Size, not ETag: the same cheap skip as for local
+    paths (a file rewritten in place with the same size is not noticed, as README says)."""
+    if not uris:
+        return {}
+    import fsspec
 
-    if path not in known or "://" in path:
+    out: dict[str, int | None] = {}
+    by_fs: dict[str, list[str]] = {}
+    for u in uris:
+        by_fs.setdefault(u.split("://", 1)[0], []).append(u)
+    for _proto, group in by_fs.items():
+        fs, paths = fsspec.core.url_to_fs(group[0])[0], [fsspec.core.url_to_fs(u)[1] for u in group]
+        try:
+            sizes = fs.sizes(paths)
+        except (OSError, ValueError):
+            sizes = [None] * len(group)
+        out.update(zip(group, sizes))
+    return out
+
+
+def _unchanged(path: str, known: dict[str, int | None], remote_sizes: dict[str, int | None] | None = None) -> bool:
+    """True when ``path`` is committed and still looks the same (so it is not even hashed).
+    A path that was unreadable, or not a regular file, stays skipped while it still is."""
+    import os
+    import stat
+
+    if path not in known:
         return False
+    if "://" in path:
+        size = (remote_sizes or {}).get(path)
+        return size is not None and size == known[path]
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError:
         return known[path] is None
-    return known[path] is not None and size == known[path]
+    if not stat.S_ISREG(st.st_mode):
+        return known[path] is None
+    return known[path] is not None and st.st_size == known[path]
 
 
 def format_summary(stats: dict) -> str:

@@ -10,22 +10,46 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 import traceback
 
-from pipeline.config import IngestConfig
-from pipeline.errors import SourceError, StageFailure, Unreadable
+from pipeline.config import AUDIO_EXTENSIONS, IngestConfig
+from pipeline.errors import NotAFile, SourceError, StageFailure, Unreadable
 
 Batch = dict[str, list]
 
 
 def source_id_of(path: str, chunk: int = 1 << 20) -> str:
-    """First 16 hex chars of the SHA-256 of the file's bytes (DESIGN §3)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
+    """First 16 hex chars of the SHA-256 of the file's bytes (DESIGN §3). Raises ``NotAFile``
+    for anything but a regular file (after links), without blocking: the file is opened
+    non-blocking (a FIFO without a writer would block a plain open forever) and checked with
+    ``fstat`` on that descriptor, so a path swapped after a check cannot slip through."""
+    return _hash_regular(path, chunk)[0]
+
+
+def _hash_regular(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(source_id, size in bytes) of a regular file; see :func:`source_id_of`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a named pipe" if stat.S_ISFIFO(st.st_mode) else "a character device" if stat.S_ISCHR(st.st_mode)
+                    else "a block device" if stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                    else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+            raise NotAFile(path, f"{kind}, not a regular file: not read")
+        h = hashlib.sha256()
         while b := f.read(chunk):
             h.update(b)
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16], st.st_size
+
+
+def _stage_fault(stage: str, path: str) -> None:
+    """Fault injection for tests: ``VOXFORGE_STAGE_FAULT=decode:name.flac`` makes stage ``decode``
+    raise an unexpected error for every source whose file name is ``name.flac``."""
+    spec = os.environ.get("VOXFORGE_STAGE_FAULT")
+    if spec and spec == f"{stage}:{os.path.basename(path)}":
+        raise RuntimeError(f"injected fault ({spec})")
 
 
 def rows_of(batch: Batch) -> list[dict]:
@@ -51,6 +75,7 @@ class _Stage:
                 continue
             t = time.perf_counter()
             try:
+                _stage_fault(self.name, row.get("path", ""))
                 self.process(row)
             except SourceError as e:
                 row["status"], row["error"] = e.status, str(e)
@@ -77,8 +102,7 @@ class HashAndDecode(_Stage):
         path = row["path"]
         with _local_copy(path) as local:
             try:
-                row["bytes"] = os.path.getsize(local)
-                row["source_id"] = source_id_of(local)
+                row["source_id"], row["bytes"] = _hash_regular(local)
             except OSError as e:
                 raise Unreadable(path, f"cannot read file ({e.strerror or e})") from e
             if row["source_id"] in self.done:
@@ -102,8 +126,10 @@ class _local_copy:
 
         import fsspec
 
-        suffix = os.path.splitext(self.path)[1]
-        fd, self.tmp = tempfile.mkstemp(suffix=suffix)
+        # the temporary name never comes from the input's name: only a known audio extension is
+        # kept (a decoder's hint), never whatever text a remote object's name ends with
+        ext = os.path.splitext(self.path)[1].lower()
+        fd, self.tmp = tempfile.mkstemp(prefix="voxforge-", suffix=ext if ext in AUDIO_EXTENSIONS else "")
         os.close(fd)
         try:
             with fsspec.open(self.path, "rb") as src, open(self.tmp, "wb") as dst:

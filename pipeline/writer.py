@@ -68,10 +68,23 @@ class ShardWriter:
         return len(removed)
 
     def _committed_sources(self) -> tuple[dict[str, str], dict[str, int | None]]:
-        """(source_id -> path, path -> size in bytes; None where the file could not be read)."""
-        t = read_table(self.out, "sources", columns=["source_id", "path", "bytes"])
-        sids, paths, sizes = t["source_id"].to_pylist(), t["path"].to_pylist(), t["bytes"].to_pylist()
-        return {s: p for s, p in zip(sids, paths) if s}, dict(zip(paths, sizes))
+        """(source_id -> path, path -> size in bytes; None where the file could not be read).
+
+        A ``failed`` row (a stage error: a bug or a resource problem, not bad input) does not
+        count as done: the next run retries that path, and its new row supersedes the failed one
+        (``manifests.views`` shows the latest row of a path). A source_id maps to the path whose
+        content it first committed, not to a later duplicate of it."""
+        t = read_table(self.out, "sources", columns=["source_id", "path", "bytes", "status", "error"])
+        first: dict[str, str] = {}
+        copies: dict[str, str] = {}
+        sizes: dict[str, int | None] = {}
+        for sid, path, size, status, error in zip(*(t[c].to_pylist() for c in t.column_names)):
+            if status == "failed":
+                continue
+            sizes[path] = size
+            if sid:
+                (copies if (error or "").startswith("duplicate:") else first).setdefault(sid, path)
+        return {**copies, **first}, sizes
 
     def _next_index(self) -> int:
         idx = self._part_indices(table_dir(self.out, "sources")) | self._part_indices(self.audio_dir)

@@ -369,20 +369,14 @@ def _fault_hook():
 def _lock_codec_tree(out: str, codec_id: str):
     """An exclusive lock per (output, codec): a second job would delete the first one's
     written-but-not-yet-committed tar at start-up. The OS drops it when the process dies."""
-    import fcntl
+    from manifests.locks import JobLocked, exclusive_lock
 
-    d = Path(out) / "shards" / "tokens"
-    d.mkdir(parents=True, exist_ok=True)
-    f = open(d / f".{codec_id}.lock", "a+")  # noqa: SIM115 - kept open for the whole run
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        f.close()
-        raise TokenizeConfigError(
-            f"another tokenize job with codec {codec_id} is running on {out} (lock {d / f'.{codec_id}.lock'}); "
-            f"wait for it to finish, or give this one another --input"
-        ) from e
-    return f
+        return exclusive_lock(Path(out) / "shards" / "tokens" / f".{codec_id}.lock",
+                              f"tokenize job with codec {codec_id} on {out}",
+                              "wait for it to finish, or give this one another --input")
+    except JobLocked as e:
+        raise TokenizeConfigError(str(e)) from e
 
 
 def committed_audio_shards(out: str) -> list[tuple[str, str]]:

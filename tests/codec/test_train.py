@@ -105,3 +105,48 @@ def test_distillation_step_uses_whisper_teacher(audio_files_dir, tmp_path):
     stats = tr.train_step(batch)
     assert 0.0 < stats["distill"] < 2.0
     assert not torch.equal(before, tr.codec.distill_head.weight)
+
+
+def _ddp_rank(rank: int, shards: str, out: str, port: int, queue) -> None:
+    """One of 2 gloo processes: train 1 step and save, then resume; report RNG states."""
+    import os
+    import random
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = _small(batch_size=1)
+    CodecTrainer(cfg, TrainRunConfig(shards, out, steps=1, save_every=1, device="cpu")).fit()
+    saved = (torch.get_rng_state().tolist(), random.getstate())
+    resumed = CodecTrainer(cfg, TrainRunConfig(shards, out, steps=2, save_every=1, device="cpu", resume=True))
+    assert resumed.step == 1
+    queue.put((rank, saved, (torch.get_rng_state().tolist(), random.getstate())))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_resume_restores_each_ranks_own_rng(audio_shards, tmp_path):
+    """2 DDP ranks (gloo): each draws its own quantizer bypasses; after a resume each must get its
+    own RNG streams back, not rank 0's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_rank, args=(r, str(audio_shards), str(tmp_path), port, queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict((r, (saved, restored)) for r, saved, restored in (queue.get(timeout=600) for _ in procs))
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert got[0][0] != got[1][0]  # the ranks' streams differ when saved
+    for r in (0, 1):
+        assert got[r][1] == got[r][0], f"rank {r} did not get its own RNG state back"

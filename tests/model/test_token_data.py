@@ -165,3 +165,25 @@ def test_loader_resume_skips_to_the_same_batches(token_dir, workers):
             for k in a:
                 assert torch.equal(a[k], b[k]), k
         assert resumed.consumed == n + 3
+
+
+def test_shards_of_two_codecs_do_not_mix(token_dir, tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from model.token_stream import TokenShardError, codec_id_of, list_shards
+
+    shards = list_shards(token_dir)
+    other = tmp_path / "other" / "000009.tar"
+    other.parent.mkdir()
+    with tarfile.open(shards[0]) as src, tarfile.open(other, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()
+            if m.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "codec_id": "tiny-000000000000"}).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    assert codec_id_of(shards) == token_dir.name
+    with pytest.raises(TokenShardError, match="different codecs"):
+        codec_id_of([*shards, other])

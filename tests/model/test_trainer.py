@@ -246,3 +246,14 @@ def test_ray_train_two_workers(token_dir, tmp_path):
     assert result["last_train_log"]["step"] == 2
     state = json.loads((out / "checkpoints" / "step_0000002" / "state.json").read_text())
     assert state["world_size"] == 2
+
+
+def test_codec_id_comes_from_the_samples_not_the_folder_name(token_dir, codec_dir, tmp_path):
+    """Copied or renamed token shards keep their codec: generate.py must accept the right one."""
+    from codec import Codec
+    from model.trainer import Trainer
+
+    renamed = tmp_path / "my tokens (copy)"
+    shutil.copytree(token_dir, renamed)
+    trainer = Trainer(_spec(renamed, tmp_path / "run"))
+    assert trainer.codec_id == Codec.load(codec_dir).codec_id
