@@ -82,7 +82,7 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     assert any(k.startswith(c_id) for k in kept)
     # no output path or key comes from an input's name: only the layout's own names
     layout = re.compile(r"^(shards/audio/\d{6}\.tar|manifests/(sources|segments|shards)/\d{6}\.parquet|"
-                        r"manifests/runs/ingest-[0-9T]+-[0-9a-f]{6}\.parquet|manifests/ingest\.lock)$")
+                        r"manifests/runs/ingest-[0-9T]+-[0-9a-f]{6}\.parquet|manifests/ingest\.lock|report\.html)$")
     files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
     assert files and all(layout.match(f) for f in files), files
     assert all(re.fullmatch(r"[0-9a-f]{16}_\d{5}", k) for k in in_tars)
