@@ -87,12 +87,13 @@ class Part:
 # Smoke budgets are generous: on a quiet 2-core CPU each part takes 5-40 s, but a loaded CI machine
 # can be 5x slower, and the smoke test checks that the kit runs, not how fast.
 PARTS = (
-    Part("env", 25, 60, "versions, GPU, matmul ceiling"),
+    Part("env", 20, 60, "versions, GPU, matmul ceiling"),
     Part("cuda_tests", 40, 120, "GPU-marked tests"),
-    Part("tokenizer", 80, 150, "local tokenize engine, tiny + voxtral"),
-    Part("codec_speed", 40, 150, "codec training speed, tiny + voxtral"),
-    Part("trainer", 85, 150, "bench/train.py 1b (3b if time)"),
+    Part("tokenizer", 70, 150, "local tokenize engine, tiny + voxtral"),
+    Part("codec_speed", 35, 150, "codec training speed, tiny + voxtral"),
+    Part("trainer", 80, 150, "bench/train.py 1b (3b if time)"),
     Part("codec_quality", 180, 150, "tiny trained for a fixed time, then codec/eval.py"),
+    Part("service", 25, 60, "the codec service's model path (CodecRuntime), tiny + voxtral"),
     Part("asr", 5, 30, "faster-whisper tiny.en batched"),
 )
 PART_NAMES = tuple(p.name for p in PARTS)
@@ -672,6 +673,66 @@ def return_checkpoint(ckpt: Path, out: Path, name: str, max_parts: int = 3) -> d
     return {"files": files, "bytes": size, "join": f"cat {name}.tar.part* > {name}.tar"}
 
 
+def part_service(a, res: PartResult) -> None:
+    """The codec service's model path per GPU: ``codec.service.CodecRuntime`` (what one replica runs
+    for each ``@serve.batch``: the tokenize job's bucketing and TokenEncoder, then the decoder) on
+    batches of 16 real utterances of the bundle (``ServiceConfig.max_batch_requests``). Ray Serve
+    and HTTP do not travel (Ray is larger than the bundle), so their overhead per request (~8 ms on
+    a CPU, docs/serve.md) is not in these figures."""
+    import soundfile as sf
+    import torch
+
+    from codec import Codec, CodecConfig
+    from codec.service import CodecRuntime, ServiceConfig
+
+    dev = _torch_device(a.device)
+    work = Path(a.work) / "service"
+    pcm = []  # int16 [N] at 24 kHz, as a request's audio after read_audio()
+    for tar in sorted(Path(a.data).glob("shards/audio/*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.isfile() and m.name.endswith(".flac"):
+                    pcm.append(sf.read(io.BytesIO(tf.extractfile(m).read()), dtype="int16")[0])
+        if a.smoke and len(pcm) >= 8:
+            break
+    if not pcm:
+        raise KitError(f"no utterances in {a.data}/shards/audio/*.tar")
+    requests_per_batch, seconds = 16, (2.0 if a.smoke else 4.0)
+    for name in (["tiny"] if a.smoke else ["tiny", "voxtral"]):
+        torch.manual_seed(0)
+        ckpt = Codec(CodecConfig.from_name(name)).save(work / f"codec_{name}")
+        rt = CodecRuntime(ServiceConfig(codec_dir=str(ckpt), device=a.device,
+                                        threads=1 if a.device == "cpu" else None))
+        groups = [[pcm[(i * requests_per_batch + j) % len(pcm)] for j in range(requests_per_batch)]
+                  for i in range(max(1, len(pcm) // requests_per_batch))]
+        tokens = [rt.encode_many(g) for g in groups]  # untimed: warm-up, and what the decode runs get
+        bad = [t for ts in tokens for t in ts if isinstance(t, str)]
+        if bad:
+            raise KitError(f"{name}: the service's encoder failed on {len(bad)} items: {bad[0]}")
+        fig = {"requests_per_batch": requests_per_batch, "precision": rt.encoder.precision}
+        for what, call, inputs in (("encode", rt.encode_many, groups), ("decode", rt.decode_many, tokens)):
+            _reset_peak(dev)
+            batches = requests = audio = 0
+            t0 = time.perf_counter()
+            while batches == 0 or time.perf_counter() - t0 < seconds:
+                k = batches % len(groups)
+                call(inputs[k])
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                batches += 1
+                requests += len(groups[k])
+                audio += sum(len(x) for x in groups[k]) / rt.sample_rate
+            wall = time.perf_counter() - t0
+            fig[f"{what}_audio_s_per_s"] = round(audio / wall, 1)
+            fig[f"{what}_requests_per_s"] = round(requests / wall, 1)
+            fig[f"{what}_peak_gpu_mem_GiB"] = _peak_gib(dev)
+        res[name] = fig
+        print(f"service {name}: {fig}", flush=True)
+        del rt
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def part_asr(a, res: PartResult) -> None:
     try:
         import ctranslate2
@@ -716,7 +777,7 @@ def part_asr(a, res: PartResult) -> None:
 
 PART_FUNCS = {"env": part_env, "cuda_tests": part_cuda_tests, "tokenizer": part_tokenizer,
               "codec_speed": part_codec_speed, "trainer": part_trainer, "codec_quality": part_codec_quality,
-              "asr": part_asr}
+              "service": part_service, "asr": part_asr}
 
 
 def run_part(a) -> int:

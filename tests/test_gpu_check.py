@@ -95,6 +95,9 @@ def test_smoke_mode_runs_every_part_and_writes_the_report(corpus, tmp_path):
     assert ret["files"] and all((out / f).is_file() for f in ret["files"])
     assert sum((out / f).stat().st_size for f in ret["files"]) == ret["bytes"]
     assert any(t["what"].startswith("codec quality estoi") for t in rep["targets"])
+    # service: the codec service's model path (CodecRuntime) encoded and decoded real utterances
+    svc = parts["service"]["tiny"]
+    assert svc["encode_audio_s_per_s"] > 0 and svc["decode_audio_s_per_s"] > 0 and svc["requests_per_batch"] == 16
     # asr: faster-whisper is not on the image and does not travel: skipped, with why
     assert parts["asr"]["status"] == "skipped" and "64 MiB" in parts["asr"]["reason"]
     assert parts["env"]["packages"]["soundfile"]  # carried ones stay importable
