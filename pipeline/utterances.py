@@ -4,7 +4,8 @@ Pure logic (no models): words come from the transcriber, speakers from the diari
 Boundaries fall only between words: at speaker changes (of the words' speakers, or of the
 diarizer's turns in the pause between two words of one speaker, e.g. a backchannel that ASR
 did not transcribe), at pauses of at least ``max_pause`` s, at overlapped speech, and, for
-runs longer than ``max_duration``, at the longest pause inside the run. All times are seconds relative to the source.
+runs longer than ``max_duration``, at the longest pause inside the run. All times are
+seconds relative to the source.
 """
 
 from __future__ import annotations
