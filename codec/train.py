@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         threads=a.threads,
     )
     CodecTrainer(cfg, run).fit()
+    # leave the process group before exit (torchrun): gloo's threads torn down at interpreter exit
+    # can abort a rank after its work is done
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

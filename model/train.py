@@ -191,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     from model.trainer import run_training
 
     run_training(spec)
+    # torchrun: leave the process group before exit; without this, gloo's threads were torn down
+    # at interpreter exit and a rank could abort ("terminate called without an active exception")
+    # after its work was done and checkpointed. (Ray Train owns its group: it never reaches here.)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
