@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -235,8 +236,6 @@ def main(argv=None) -> int:
             report[f"stage_{split}"] = res
         if a.mode in ("ingest", "both"):
             t = time.perf_counter()
-            import shutil
-
             shutil.rmtree(a.work / split, ignore_errors=True)  # a fresh run, not a resume
             every, kept = run_ingest(sub, a.work / split, cfg_args)
             res = score(sub, every, kept)
