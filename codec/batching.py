@@ -813,8 +813,27 @@ class EncodeStage:
         import pyarrow as pa
 
         batches = [AudioBatch.from_row(r) for r in table.to_pylist()]
+        _encode_fault(batches)
         rows = [t.to_row() for t in self.encoder(batches)]
         return pa.Table.from_pylist(rows, schema=TOKEN_BATCH_SCHEMA)
+
+
+def _encode_fault(batches) -> None:
+    """Test hook: ``VOXFORGE_ENCODE_FAULT=hold:SHARD`` makes the encoder actor that gets a batch of
+    shard SHARD write its pid to ``held-encode-SHARD`` in ``$VOXFORGE_ENCODE_FAULT_DIR`` and wait
+    until a file ``release`` appears there (a test removes its node with the batch in flight)."""
+    import os
+
+    spec = os.environ.get("VOXFORGE_ENCODE_FAULT")
+    if not spec:
+        return
+    mode, _, shard = spec.partition(":")
+    if mode != "hold":
+        raise ValueError(f"VOXFORGE_ENCODE_FAULT: unknown mode {mode!r}; use hold:SHARD")
+    if any(b.shard == shard for b in batches):
+        from pipeline.stages import hold_until_released
+
+        hold_until_released(os.environ["VOXFORGE_ENCODE_FAULT_DIR"], f"encode-{shard}")
 
 
 def _schemas():

@@ -137,6 +137,14 @@ class IngestConfig:
     limit: int | None = None  # process at most this many new sources (debugging)
     device: str = "auto"  # device of the pyannote models: auto | cpu | cuda
     report: bool = True  # rebuild OUT/report.html when the run ends (manifests.report; a few seconds)
+    # faults (README "Faults and retries"): Ray restarts a stage actor whose process died (a crash,
+    # an OOM kill, a lost node) up to max_restarts times (-1: always) and resubmits the batch it
+    # was working on up to max_task_retries times. A batch that still has no result is dropped by
+    # Ray Data (up to max_errored_blocks of them, -1: any number; 0 ends the run at the first) and
+    # its sources are recorded as failed (actor_died); a rerun retries them.
+    max_restarts: int = -1
+    max_task_retries: int = 3
+    max_errored_blocks: int = -1
 
     def __post_init__(self):
         if not self.inputs:
@@ -184,6 +192,16 @@ class IngestConfig:
             raise ConfigError(f"min_speakers ({self.min_speakers}) is above max_speakers ({self.max_speakers})")
         if self.analysis_rate != 16_000:
             raise ConfigError("analysis_rate must be 16000: the VAD, ASR and speaker models are 16 kHz models")
+        if self.max_restarts < -1 or self.max_errored_blocks < -1:
+            raise ConfigError(f"max_restarts and max_errored_blocks are counts >= 0, or -1 for no limit; got "
+                              f"{self.max_restarts}, {self.max_errored_blocks}")
+        if self.max_task_retries < 0:
+            # -1 (Ray's "retry forever") would never end a run that has a source killing its actor
+            raise ConfigError(f"max_task_retries must be >= 0 (retries of a batch whose actor died), got "
+                              f"{self.max_task_retries}")
+        if self.max_restarts == 0 and self.max_task_retries > 0:
+            raise ConfigError("max_task_retries > 0 needs max_restarts != 0 (a retry runs on the restarted actor); "
+                              "set max_restarts to -1 or at least max_task_retries")
         resources = _default_resources()
         for k, v in (self.resources or {}).items():
             if k not in resources:

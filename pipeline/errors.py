@@ -71,3 +71,12 @@ class StageFailure(SourceError):
 
     reason = "stage_failed"
     status = "failed"
+
+
+class ActorDied(SourceError):
+    """No result after Ray's retries: the stage actor holding the source died on every attempt
+    (a crash, an OOM kill, a lost node), so Ray Data dropped its batch. Recorded ``failed``
+    (retried by the next run), and the run goes on."""
+
+    reason = "actor_died"
+    status = "failed"

@@ -115,6 +115,14 @@ def parse_args(argv=None) -> IngestConfig:
     g.add_argument("--gpus", action="append", metavar="STAGE=N", help="GPUs per actor (e.g. transcribe=1)")
     g.add_argument("--concurrency", action="append", metavar="STAGE=N", help="actors / parallel tasks of a stage")
     g.add_argument("--threads", action="append", metavar="STAGE=N", help="model threads of a stage")
+    g = ap.add_argument_group("faults (README: Faults and retries)")
+    g.add_argument("--max-task-retries", type=int, default=d.max_task_retries,
+                   help="resubmit a batch whose stage actor died this many times (default %(default)s)")
+    g.add_argument("--max-restarts", type=int, default=d.max_restarts,
+                   help="restarts of a stage actor whose process died; -1: always (default %(default)s)")
+    g.add_argument("--max-errored-blocks", type=int, default=d.max_errored_blocks,
+                   help="batches still without a result after the retries that Ray Data may drop (their "
+                        "sources end failed: actor_died); -1: any number, 0: end the run (default %(default)s)")
     a = ap.parse_args(argv)
 
     res = {k: StageResources(**vars(v)) for k, v in _default_resources().items()}

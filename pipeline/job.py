@@ -14,6 +14,7 @@ from manifests.locks import exclusive_lock
 from manifests.store import write_part
 from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.discover import discover
+from pipeline.errors import ActorDied
 from pipeline.writer import ShardWriter
 
 log = logging.getLogger("ingest")
@@ -113,7 +114,7 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
 
 
 def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
-    from pipeline.ray_adapter import build_dataset, init_ray, unpack
+    from pipeline.ray_adapter import init_ray
 
     t0 = time.time()
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -136,32 +137,25 @@ def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     progress = Progress(len(todo))
-    last = time.time()
     if todo:
         init_ray(cfg.ray_address)
-        ds = build_dataset(todo, cfg, done)
-        for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
-            for row in unpack(batch):
-                if row["status"] == "skip":
-                    if row["path"] in writer.committed_sizes:
-                        progress.sources["skipped"] += 1  # this very path is committed
-                        continue
-                    # known content under a new path: the writer records it as a duplicate
-                    row = {**row, "status": "ok"}
-                segs = row.get("segment_rows") or []
-                samples = row.get("samples") or []
-                src = source_row(row, segs)
-                if not writer.add_source(src, segs, samples):
-                    src = {**src, "status": "rejected", "error": "duplicate"}
-                    segs = []
-                progress.add({**src, "timings": row.get("timings")}, segs)
-                if row["status"] == "failed":
-                    log.error("%s\n%s", row["error"], row.get("traceback", ""))
-                elif row["status"] == "rejected":
-                    log.warning("%s", row["error"])
-                if time.time() - last >= progress_every:
-                    log.info(progress.line())
-                    last = time.time()
+        lost = _ingest_pass(todo, cfg, done, writer, progress, progress_every)
+        if lost:
+            # A dropped batch may hold innocent sources besides the one that kills its actor: a
+            # batch of several sources (transcribe shares calls on a GPU), or another task in
+            # flight on the same actor, which dies with it. Once more, just those, one source per
+            # call and one call per actor at a time: only a source that kills its actor on every
+            # attempt is lost again.
+            log.warning("%d source(s) lost with their batch after Ray's retries; once more in isolation: %s",
+                        len(lost), lost)
+            lost = _ingest_pass(lost, cfg, done, writer, progress, progress_every, isolate=True)
+        for path in lost:
+            err = ActorDied(path, f"no result after {cfg.max_task_retries} task retries (max_task_retries): its "
+                                  "stage actor died on every attempt (a crash, an OOM kill, a lost node)")
+            src = source_row({"path": path, "status": err.status, "error": str(err)}, [])
+            writer.add_source(src, [], [])
+            progress.add(src, [])
+            log.error("%s", err)
     writer.close()
     wall = time.time() - t0
     stats = progress.stats(wall)
@@ -169,6 +163,41 @@ def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
     write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
     log.info(progress.line())
     return stats
+
+
+def _ingest_pass(todo: list[str], cfg: IngestConfig, done: frozenset[str], writer: ShardWriter,
+                 progress: Progress, progress_every: float, isolate: bool = False) -> list[str]:
+    """Stream ``todo`` through the Ray stages into ``writer``; returns the paths that never came
+    out (their batch was dropped by Ray Data after the retries: see README "Faults and retries")."""
+    from pipeline.ray_adapter import build_dataset, unpack
+
+    left = dict.fromkeys(todo)  # in order; each path leaves once, with its single output row
+    last = time.time()
+    ds = build_dataset(todo, cfg, done, isolate)
+    for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
+        for row in unpack(batch):
+            left.pop(row["path"], None)
+            if row["status"] == "skip":
+                if row["path"] in writer.committed_sizes:
+                    progress.sources["skipped"] += 1  # this very path is committed
+                    continue
+                # known content under a new path: the writer records it as a duplicate
+                row = {**row, "status": "ok"}
+            segs = row.get("segment_rows") or []
+            samples = row.get("samples") or []
+            src = source_row(row, segs)
+            if not writer.add_source(src, segs, samples):
+                src = {**src, "status": "rejected", "error": "duplicate"}
+                segs = []
+            progress.add({**src, "timings": row.get("timings")}, segs)
+            if row["status"] == "failed":
+                log.error("%s\n%s", row["error"], row.get("traceback", ""))
+            elif row["status"] == "rejected":
+                log.warning("%s", row["error"])
+            if time.time() - last >= progress_every:
+                log.info(progress.line())
+                last = time.time()
+    return list(left)
 
 
 def _remote_sizes(uris: list[str]) -> dict[str, int | None]:

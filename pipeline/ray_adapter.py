@@ -51,22 +51,32 @@ def sharing(cfg, *stages: str):
     return shared, dataclasses.replace(cfg, resources={**cfg.resources, **dict.fromkeys(stages, shared)})
 
 
-def build_dataset(paths: list[str], cfg, done: frozenset[str]):
-    """paths -> a lazy Ray Dataset of assembled sources (one row each)."""
+def build_dataset(paths: list[str], cfg, done: frozenset[str], isolate: bool = False):
+    """paths -> a lazy Ray Dataset of assembled sources (one row each). ``isolate``: one source
+    per call and one call in flight per actor, so that an actor's death takes only the batch of
+    the source that caused it (Ray Data sends an actor several tasks at once; its death fails
+    them all, and each death counts against every one's max_task_retries)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     from pipeline.stages import Assemble, Diarize, HashAndDecode, Segment, Transcribe
 
     res = cfg.resources
+    # a batch that has no result after max_task_retries (its actor died every time) is dropped
+    # here instead of failing the run; the driver records its sources as failed (actor_died)
+    ray.data.DataContext.get_current().max_errored_blocks = cfg.max_errored_blocks
     items = [{"row": pickle.dumps({"path": p, "status": "ok", "error": None}, protocol=5)} for p in paths]
     # one block per source (up to a cap) so that sources spread over tasks and actors
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 20_000)))
 
     def task(stage_classes, r: StageResources, *args, batch_size=1):
-        return dict(fn=RayStage, fn_constructor_args=(stage_classes, *args), batch_size=batch_size,
-                    num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, compute=ActorPoolStrategy(size=r.concurrency),
-                    zero_copy_batch=True)
+        pool = ActorPoolStrategy(size=r.concurrency, max_tasks_in_flight_per_actor=1 if isolate else None)
+        return dict(fn=RayStage, fn_constructor_args=(stage_classes, *args), batch_size=1 if isolate else batch_size,
+                    num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, compute=pool,
+                    zero_copy_batch=True,
+                    # Ray core's actor fault tolerance (Ray Data's own default is -1/-1: restart and
+                    # retry forever, which never ends a run that has a source killing its actor)
+                    max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries)
 
     ds = ds.map_batches(**task((HashAndDecode,), res["decode"], cfg, done))
     # Segment and diarize share one actor: both need pyannote, whose import alone costs ~10 s of
@@ -88,7 +98,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # the test fault hooks (pipeline.stages._stage_fault) reach a cluster's workers only this
+        # way: they are started by the cluster's raylets, not from this process's environment
+        hooks = {k: v for k, v in os.environ.items() if k.startswith("VOXFORGE_STAGE_FAULT")}
+        ray.init(address=address, log_to_driver=True, **({"runtime_env": {"env_vars": hooks}} if hooks else {}))
     else:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         pp = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)

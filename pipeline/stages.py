@@ -45,11 +45,61 @@ def _hash_regular(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
 
 
 def _stage_fault(stage: str, path: str) -> None:
-    """Fault injection for tests: ``VOXFORGE_STAGE_FAULT=decode:name.flac`` makes stage ``decode``
-    raise an unexpected error for every source whose file name is ``name.flac``."""
+    """Fault injection for tests: ``VOXFORGE_STAGE_FAULT=STAGE:NAME[:MODE][,...]`` hits stage
+    ``STAGE`` for every source whose file name is ``NAME``. MODE ``raise`` (the default) raises an
+    unexpected error (the source ends ``failed``, the actor lives on); ``exit`` ends the actor's
+    process with ``os._exit`` on every attempt (a crash Ray sees as a dead actor); ``exit_once``
+    does that only on the first attempt, remembered by a marker file in
+    ``$VOXFORGE_STAGE_FAULT_DIR`` (a directory every node can see), where ``exit`` counts its
+    attempts (``<stage>-<hash>.attempts``); ``hold`` writes this process's pid to
+    ``held-<stage>-<name>`` there and waits until a file ``release`` appears (a test removes the
+    node under a batch in flight, at a known point)."""
     spec = os.environ.get("VOXFORGE_STAGE_FAULT")
-    if spec and spec == f"{stage}:{os.path.basename(path)}":
-        raise RuntimeError(f"injected fault ({spec})")
+    if not spec:
+        return
+    name = os.path.basename(path)
+    for one in spec.split(","):
+        st, _, rest = one.partition(":")
+        target, _, mode = rest.partition(":")
+        if st != stage or target != name:
+            continue
+        mode = mode or "raise"
+        if mode == "raise":
+            raise RuntimeError(f"injected fault ({one})")
+        marker_dir = os.environ.get("VOXFORGE_STAGE_FAULT_DIR")
+        if mode in ("exit_once", "hold") and not marker_dir:
+            raise RuntimeError(f"VOXFORGE_STAGE_FAULT mode {mode} needs VOXFORGE_STAGE_FAULT_DIR (a marker directory)")
+        marker = os.path.join(marker_dir or "", f"{stage}-{hashlib.sha256(path.encode()).hexdigest()[:16]}")
+        if mode == "exit_once":
+            try:  # O_EXCL: exactly one attempt creates it, and only that one dies
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            os._exit(1)
+        if mode == "exit":
+            if marker_dir:
+                with open(marker + ".attempts", "a") as f:
+                    f.write(f"{os.getpid()}\n")
+            os._exit(1)
+        if mode == "hold":
+            hold_until_released(marker_dir, f"{stage}-{name}")
+            continue
+        raise ValueError(f"VOXFORGE_STAGE_FAULT: unknown mode {mode!r} in {one!r}; modes: raise, exit, exit_once")
+
+
+def hold_until_released(marker_dir: str, tag: str, timeout: float = 600.0) -> None:
+    """Test hook: announce this process (``held-<tag>`` holds its pid) and wait for ``release``
+    in ``marker_dir``; returns at once when released before (a retry after the test's fault)."""
+    release = os.path.join(marker_dir, "release")
+    if os.path.exists(release):
+        return
+    held = os.path.join(marker_dir, f"held-{tag}")
+    with open(held + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(held + ".tmp", held)  # the test never reads half a pid
+    deadline = time.time() + timeout
+    while not os.path.exists(release) and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def rows_of(batch: Batch) -> list[dict]:

@@ -78,6 +78,13 @@ class TokenizeConfig:
     progress_bars: bool = False
     engine: str = "ray"  # ray (the job) | local (one process: a reader thread + one encoder; no Ray)
     report: bool = True  # rebuild OUT/report.html when the run ends (manifests.report; a few seconds)
+    # faults (docs/tokenize.md "Resume and faults"): Ray restarts an encoder actor whose process
+    # died (a crash, an OOM kill, a lost node; -1: always) and resubmits its batches up to
+    # max_task_retries times; a batch still without a result is dropped (up to max_errored_blocks,
+    # -1: any number, 0: end the run) and its shard is not committed (exit status 1; a rerun redoes it)
+    max_restarts: int = -1
+    max_task_retries: int = 3
+    max_errored_blocks: int = -1
     resolved: dict = field(default_factory=dict)  # filled by the job: codec_id, actors, device...
 
     def __post_init__(self):
@@ -112,6 +119,15 @@ class TokenizeConfig:
             raise TokenizeConfigError(f"--engine must be ray or local, got {self.engine!r}")
         if self.engine == "local" and (self.num_actors or 1) > 1:
             raise TokenizeConfigError("--engine local runs one encoder: drop --num-actors or use --engine ray")
+        if self.max_restarts < -1 or self.max_errored_blocks < -1:
+            raise TokenizeConfigError(f"--max-restarts and --max-errored-blocks are counts >= 0, or -1 for no "
+                                      f"limit; got {self.max_restarts}, {self.max_errored_blocks}")
+        if self.max_task_retries < 0:
+            raise TokenizeConfigError(f"--max-task-retries must be >= 0 (-1, retry forever, would never end a run "
+                                      f"whose batch kills its actor every time), got {self.max_task_retries}")
+        if self.max_restarts == 0 and self.max_task_retries > 0:
+            raise TokenizeConfigError("--max-task-retries > 0 needs --max-restarts != 0 (a retry runs on the "
+                                      "restarted actor)")
         if self.ray_address is None:
             self.ray_address = os.environ.get("RAY_ADDRESS") or None
 
@@ -130,7 +146,10 @@ def init_ray(cfg: TokenizeConfig) -> None:
         return
     if cfg.ray_address:
         log.info("connecting to Ray at %s", cfg.ray_address)
-        ray.init(address=cfg.ray_address, log_to_driver=True)
+        # the encoder's test hook reaches a cluster's workers only this way (they are started by
+        # the cluster's raylets, not from this process's environment)
+        hooks = {k: v for k, v in os.environ.items() if k.startswith("VOXFORGE_ENCODE_FAULT")}
+        ray.init(address=cfg.ray_address, log_to_driver=True, **({"runtime_env": {"env_vars": hooks}} if hooks else {}))
         return
     # Local Ray: workers inherit the environment, so the repo root on PYTHONPATH makes
     # codec/ and manifests/ importable there too without a pip install.
@@ -224,6 +243,7 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # the driver puts batches back in order
     ctx.enable_progress_bars = cfg.progress_bars
+    ctx.max_errored_blocks = cfg.max_errored_blocks  # a dropped batch leaves its shard uncommitted
     bcfg = BatchingConfig(batch_seconds=cfg.batch_seconds, max_items=cfg.max_batch_items, max_padding=cfg.max_padding,
                           sample_rate=info.sample_rate, samples_per_frame=info.samples_per_frame)
     ecfg = EncoderConfig(codec_dir=str(Path(cfg.codec).resolve()), device=rr["device"], precision=cfg.precision,
@@ -246,6 +266,9 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
         num_gpus=rr["gpus_per_actor"] if rr["device"] == "cuda" else 0,
         num_cpus=cfg.cpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=rr["num_actors"]),
+        # Ray core's actor fault tolerance (Ray Data's default, -1/-1, retries forever)
+        max_restarts=cfg.max_restarts,
+        max_task_retries=cfg.max_task_retries,
     )
     return ds
 
@@ -607,6 +630,13 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     ap.add_argument("--object-store-mb", type=int, default=d["object_store_mb"].default,
                     help="object store of a local Ray, MiB (default %(default)s)")
     ap.add_argument("--progress-bars", action="store_true", help="show Ray Data's progress bars")
+    ap.add_argument("--max-task-retries", type=int, default=d["max_task_retries"].default,
+                    help="resubmit a batch whose encoder actor died this many times (default %(default)s)")
+    ap.add_argument("--max-restarts", type=int, default=d["max_restarts"].default,
+                    help="restarts of an encoder actor whose process died; -1: always (default %(default)s)")
+    ap.add_argument("--max-errored-blocks", type=int, default=d["max_errored_blocks"].default,
+                    help="batches still without a result after the retries that may be dropped (their shards "
+                         "are not committed); -1: any number, 0: end the run (default %(default)s)")
     ap.add_argument("--engine", choices=["ray", "local"], default="ray",
                     help="ray: the Ray Data job (default); local: one process, no Ray (one encoder)")
     ap.add_argument("--no-report", dest="report", action="store_false",
