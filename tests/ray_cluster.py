@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def local_cluster(n_workers: int = 2):
     system = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": system,
-                                      "object_store_memory": 200 * 2**20})
+                                      "object_store_memory": 200 * 2**20, "dashboard_port": free_port(),
+                                      **own_ports()})
     try:
         for _ in range(n_workers):
             add_worker(cluster)
@@ -43,7 +45,21 @@ def local_cluster(n_workers: int = 2):
 
 
 def add_worker(cluster):
-    return cluster.add_node(num_cpus=WORKER_CPUS, object_store_memory=200 * 2**20)
+    return cluster.add_node(num_cpus=WORKER_CPUS, object_store_memory=200 * 2**20, **own_ports())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own_ports() -> dict:
+    """Ports of a node's agents: Ray's fixed defaults (52365 for the dashboard agent; the head's
+    API server takes 8265 even with the dashboard off) collide with every other Ray on the
+    machine, and with the other nodes of this one; a raylet whose agent cannot bind dies."""
+    return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port()}
 
 
 def node_of_pid(cluster, pid: int):
