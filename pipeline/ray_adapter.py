@@ -75,7 +75,9 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str], isolate: bool = F
                     num_cpus=r.num_cpus, num_gpus=r.num_gpus or None, compute=pool,
                     zero_copy_batch=True,
                     # Ray core's actor fault tolerance (Ray Data's own default is -1/-1: restart and
-                    # retry forever, which never ends a run that has a source killing its actor)
+                    # retry forever, which never ends a run that has a source killing its actor).
+                    # Ray 2.60 takes these only as extra **ray_remote_args, which warn as deprecated
+                    # (to be removed in 2.64, with no named parameter for them yet): revisit on upgrade.
                     max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries)
 
     ds = ds.map_batches(**task((HashAndDecode,), res["decode"], cfg, done))

@@ -266,7 +266,8 @@ def build_dataset(cfg: TokenizeConfig, todo: list[tuple[str, str]], info, rr: di
         num_gpus=rr["gpus_per_actor"] if rr["device"] == "cuda" else 0,
         num_cpus=cfg.cpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=rr["num_actors"]),
-        # Ray core's actor fault tolerance (Ray Data's default, -1/-1, retries forever)
+        # Ray core's actor fault tolerance (Ray Data's default, -1/-1, retries forever); extra
+        # **ray_remote_args, deprecated in Ray 2.60 (see pipeline/ray_adapter.py)
         max_restarts=cfg.max_restarts,
         max_task_retries=cfg.max_task_retries,
     )
