@@ -4,8 +4,12 @@
 
 Starts one Ray actor per actor pool of the ingest (decode; segment + diarize; transcribe;
 assemble), each built exactly as ``pipeline.ray_adapter`` builds it (default config), passes
-every FILE through the four in order, and prints each actor's RSS after its models loaded and
-its peak RSS (the kernel's high-water mark, ``ru_maxrss``: no sampling gap) over the whole run.
+every FILE through the four in order, and prints each actor's RSS after its models loaded, its
+peak RSS (the kernel's high-water mark, ``ru_maxrss``: no sampling gap) and its peak PSS
+(sampled every 0.5 s). RSS counts the pages shared with other processes (torch's libraries,
+the object store's shared memory, which Ray budgets on its own) in full in every process; PSS
+splits them between the processes that map them, so the PSS of all actors adds up to what they
+hold: PSS is what a stage should declare.
 Peaks grow with the length of a source (its audio arrays, segmentation scores), so pass the
 longest sources you expect; pipeline/config.py says which lengths the defaults were measured on.
 """
@@ -44,6 +48,9 @@ def main() -> None:
         def __call__(self, batch):
             return self.stage(batch)
 
+        def pid(self) -> int:
+            return os.getpid()
+
         def memory(self) -> tuple[int, int]:
             return self.loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -55,16 +62,34 @@ def main() -> None:
         "transcribe": Probe.remote((Transcribe,), cfg),
         "assemble": Probe.remote((Assemble,), cfg),
     }
+    import threading
+
+    pids = {name: ray.get(a.pid.remote()) for name, a in actors.items()}
+    pss_peak = dict.fromkeys(actors, 0)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.5):
+            for name, pid in pids.items():
+                try:
+                    pss_peak[name] = max(pss_peak[name], psutil.Process(pid).memory_full_info().pss)
+                except psutil.Error:
+                    pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     for f in args.files:
         batch = pack([{"path": os.path.abspath(f), "status": "ok", "error": None}])
         for a in actors.values():
             batch = ray.get(a.__call__.remote(batch))
         row = unpack(batch)[0]
         print(f"{f}: {row['status']} {row.get('duration') or 0:.0f} s {row.get('error') or ''}", flush=True)
-    print("| actor | RSS after load | peak RSS |\n|---|---|---|")
+    stop.set()
+    sampler.join()
+    print("| actor | RSS after load | peak RSS | peak PSS |\n|---|---|---|---|")
     for name, a in actors.items():
         loaded, peak = ray.get(a.memory.remote())
-        print(f"| {name} | {loaded / 2**20:.0f} MiB | {peak / 2**20:.0f} MiB |")
+        print(f"| {name} | {loaded / 2**20:.0f} MiB | {peak / 2**20:.0f} MiB | {pss_peak[name] / 2**20:.0f} MiB |")
     ray.shutdown()
 
 

@@ -48,21 +48,29 @@ def _default_resources() -> dict[str, StageResources]:
     # takes the larger of their two settings. One actor per stage: on 2 cores every extra
     # process costs seconds of start-up; raise `concurrency` on bigger machines.
     #
-    # memory_mib: one actor's peak RSS, rounded up with ~20 % headroom. Measured (2026-11-30, CPU,
-    # tiny.en int8, default settings) by bench/stage_memory.py on real speech, a 66 s and an 11 min
-    # session (the peak of the whole actor process, its Ray worker included): decode 346 MiB,
-    # segment+diarize 1635, transcribe 1677, assemble 998; and in the 2 h run of bench/long_run.py
-    # (ps every 20 s, 1 min sessions): segment+diarize up to 1.7 GiB, transcribe up to 2.0 GiB
-    # (Ray Data keeps several blocks in flight per actor). RSS counts the shared libraries (torch,
-    # ~0.3 GiB) in every process, so this errs on the safe side. The peaks grow with the length of
-    # a source (its audio, ~0.55 GiB per hour at 16 + 24 kHz float32, is held by several stages):
-    # for sources of hours, raise them (--memory STAGE=MiB) or split the files. Segment and diarize
-    # share one actor, which declares the larger of the two.
+    # memory_mib: one actor's peak, with ~30 % headroom. Measured (2026-11-30, CPU, tiny.en int8,
+    # default settings) by bench/stage_memory.py on real speech, a 66 s and an 11 min session, the
+    # whole actor process (its Ray worker included):
+    #                    peak PSS   peak RSS   declared
+    #   decode            (134)      346        384    (decoding takes < 1 s: PSS, sampled every
+    #                                                   0.5 s, misses its peak; RSS does not)
+    #   segment+diarize   1159      1633       1792   (1.3 GiB PSS in the long run, below)
+    #   transcribe        1327      1681       1792
+    #   assemble           668      1004       1024
+    # PSS splits the pages several processes share (torch's libraries, ~0.3-0.5 GiB; the object
+    # store's shared memory, which Ray budgets on its own) between them, so the PSS of all the
+    # actors adds up to what they hold; RSS counts those pages in every process. In the 2 h run of
+    # bench/long_run.py (1 min sessions; Ray Data keeps several sources in flight per actor)
+    # segment+diarize reached 1.3 GiB PSS (2.0 GiB RSS), transcribe 0.9 GiB PSS (1.7 GiB RSS),
+    # read once with /proc/PID/smaps_rollup (RSS every 20 s). Peaks grow with the length of a source (its
+    # audio, ~0.55 GiB per hour at 16 + 24 kHz float32, is held by several stages): for sources
+    # of hours, raise them (--memory STAGE=MiB) or split the files. Segment and diarize share one
+    # actor, which declares the larger of the two.
     return {
-        "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=512),
-        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=2048),
-        "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2, memory_mib=2304),
-        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=2048),
+        "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=384),
+        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
+        "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2, memory_mib=1792),
+        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
         "assemble": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1024),
     }
 
