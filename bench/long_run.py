@@ -8,15 +8,18 @@ scaled by its own gain (1 - 0.001 n), so every session is a distinct file (a dis
 source_id): the ingest must process them all, none is deduplicated.
 
 Runs `python pipeline/ingest.py` on it (local Ray, default resources) and, every --memory-every
-seconds, reads the memory of its process tree: the driver (the ingest process itself), the Ray
-worker processes (process title ``ray::...``: the stage actors and task workers; sum and largest)
-and the rest of Ray (raylet, GCS, ...). RSS counts a page shared by several processes (torch's
-libraries, the object store's shared memory) once per process; PSS (sampled with it) splits it
-between them, so the PSS total is what the run holds in RAM.
+seconds, reads the memory of its process tree: the driver (the ingest process itself), each
+stage actor (found by the pool's class name in its process title, ``ray::MapWorker(MapBatches(
+TranscribeActor))``), all Ray worker processes (every ``ray::`` title: the stage actors, Ray
+Data's helper actors, Ray's agents; sum) and the rest of Ray (raylet, GCS, ...). RSS counts a
+page shared by several processes (torch's libraries, the object store's shared memory) once per
+process; PSS splits it between them, so the PSS total is what the run holds in RAM.
 
-Prints the memory table at 10/25/50/75/100 % of the sources done, the slope of each figure over
-the run (least squares against sources done, from 10 % on: start-up and model loading come
-before), and the totals check from the manifests: sources in = ok + rejected + failed + skipped.
+Prints the memory table at 10/25/50/75/100 % of the sources done, and each figure's growth:
+the least-squares slope against sources done, from 10 % on (start-up and model loading come
+before), over the samples where that process is alive (Ray Data ends a stage's actors once the
+stage has seen every source, long before the end when a later stage is the bottleneck). Then
+the totals check from the manifests: sources in = ok + rejected + failed + skipped.
 Every sample goes to WORK/memory.csv, the ingest's output to WORK/ingest.log.
 """
 
@@ -45,6 +48,9 @@ sys.path.insert(0, str(REPO))
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
 MIB = 2**20
 PROGRESS = re.compile(r"\[ingest\] (\d+)/(\d+) sources")
+# the stage actors, by the class of their pool (pipeline/ray_adapter.py)
+ACTORS = {"decode": "DecodeActor", "segment_diarize": "SegmentDiarizeActor", "transcribe": "TranscribeActor",
+          "assemble": "AssembleActor"}
 
 
 def build_corpus(out: Path, minutes: float, session_s: float) -> tuple[int, float]:
@@ -79,7 +85,8 @@ def build_corpus(out: Path, minutes: float, session_s: float) -> tuple[int, floa
 class Sampler:
     """Memory of the ingest's process tree every ``every`` s, with the sources done so far."""
 
-    FIELDS = ("t", "done", "driver_rss", "workers_rss_sum", "workers_rss_max", "workers", "ray_rss", "pss_total")
+    FIELDS = ("t", "done", "driver_rss", *(f"{a}_{m}" for a in ACTORS for m in ("rss", "pss")),
+              "workers_rss_sum", "workers", "ray_rss", "pss_total")
 
     def __init__(self, pid: int, every: float):
         self.proc, self.every, self.done = psutil.Process(pid), every, 0
@@ -95,22 +102,29 @@ class Sampler:
             driver = self.proc.memory_info().rss
         except psutil.Error:
             return None
+        out = {"t": round(time.time() - self.t0, 1), "done": self.done, "driver_rss": driver,
+               **{f"{a}_{m}": None for a in ACTORS for m in ("rss", "pss")}}
         workers, others, pss = [], [], 0
         for c in children:
             try:
+                title = " ".join(c.cmdline())
                 rss = c.memory_info().rss
                 # PSS walks the page tables (~30 ms per torch-sized process): fine every 30 s
-                pss += c.memory_full_info().pss
-                (workers if c.name().startswith("ray::") else others).append(rss)
+                p = c.memory_full_info().pss
             except psutil.Error:
                 continue  # a worker that exited between the listing and the read
+            pss += p
+            (workers if title.startswith("ray::") else others).append(rss)
+            for a, cls in ACTORS.items():
+                if f"MapBatches({cls})" in title:  # one actor per pool by default; more: the largest
+                    out[f"{a}_rss"] = max(out[f"{a}_rss"] or 0, rss)
+                    out[f"{a}_pss"] = max(out[f"{a}_pss"] or 0, p)
         try:
             pss += self.proc.memory_full_info().pss
         except psutil.Error:
             pass
-        return {"t": round(time.time() - self.t0, 1), "done": self.done, "driver_rss": driver,
-                "workers_rss_sum": sum(workers), "workers_rss_max": max(workers, default=0),
-                "workers": len(workers), "ray_rss": sum(others), "pss_total": pss}
+        return {**out, "workers_rss_sum": sum(workers), "workers": len(workers), "ray_rss": sum(others),
+                "pss_total": pss}
 
     def _run(self):
         # lowest priority: the sampler must not take CPU from the run it measures
@@ -142,12 +156,17 @@ def milestones(samples: list[dict], total: int) -> list[tuple[str, dict]]:
 
 
 def slope(samples: list[dict], key: str, total: int) -> float | None:
-    """Least-squares slope of ``key`` in MiB per 100 sources, over the samples from 10 % on."""
-    pts = [(s["done"], s[key] / MIB) for s in samples if s["done"] >= 0.1 * total]
+    """Least-squares slope of ``key`` in MiB per 100 sources, over the samples from 10 % on where
+    it was measured (its process alive)."""
+    pts = [(s["done"], s[key] / MIB) for s in samples if s["done"] >= 0.1 * total and s[key] is not None]
     if len({x for x, _ in pts}) < 2:
         return None
     x, y = np.array(pts).T
     return float(np.polyfit(x, y, 1)[0] * 100)
+
+
+def mib(v) -> str:
+    return "-" if v is None else f"{v / MIB:.0f}"
 
 
 def totals(out: Path, n_in: int) -> dict:
@@ -205,23 +224,26 @@ def main() -> None:
 
     print(f"ingest: {wall:.0f} s wall ({audio_s / wall:.1f}x real time), {len(samples)} memory samples "
           f"every {args.memory_every:.0f} s", flush=True)
-    print("\n| sources done | t (s) | driver RSS | workers RSS sum | largest worker | workers | rest of Ray RSS | PSS total |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nMiB; stage actors: PSS (RSS), '-' once Ray Data has ended the stage's actors")
+    print("| sources done | t (s) | driver RSS | " + " | ".join(ACTORS) + " | Ray workers RSS sum | rest of Ray RSS "
+          "| PSS total |")
+    print("|---" * (6 + len(ACTORS)) + "|")
     for label, s in milestones(run_samples, n_files):
-        print(f"| {s['done']}/{n_files} ({label}) | {s['t']:.0f} | {s['driver_rss'] / MIB:.0f} MiB "
-              f"| {s['workers_rss_sum'] / MIB:.0f} MiB | {s['workers_rss_max'] / MIB:.0f} MiB | {s['workers']} "
-              f"| {s['ray_rss'] / MIB:.0f} MiB | {s['pss_total'] / MIB:.0f} MiB |")
-    print("\nslope from 10 % on (MiB per 100 sources, least squares): " + ", ".join(
-        f"{k} {v:+.1f}" if (v := slope(run_samples, k, n_files)) is not None else f"{k} n/a"
-        for k in ("driver_rss", "workers_rss_sum", "workers_rss_max", "pss_total")))
+        actors = " | ".join(f"{mib(s[f'{a}_pss'])} ({mib(s[f'{a}_rss'])})" for a in ACTORS)
+        print(f"| {s['done']}/{n_files} ({label}) | {s['t']:.0f} | {mib(s['driver_rss'])} | {actors} "
+              f"| {mib(s['workers_rss_sum'])} | {mib(s['ray_rss'])} | {mib(s['pss_total'])} |")
+    keys = ("driver_rss", *(f"{a}_pss" for a in ACTORS), "pss_total")
+    slopes = {k: slope(run_samples, k, n_files) for k in keys}
+    print("\ngrowth from 10 % on, MiB per 100 sources (least squares over the samples where the process is alive): "
+          + ", ".join(f"{k} {v:+.1f}" if v is not None else f"{k} n/a" for k, v in slopes.items()))
+    print("(the PSS total falls when Ray Data ends the actors of stages that are done; a leak shows as a "
+          "positive slope of the driver or of an actor)")
     t = totals(work / "out", n_files)
     print(f"\ntotals: sources in {t['sources_in']} = ok {t['ok']} + rejected {t['rejected']} + failed {t['failed']} "
           f"+ skipped {t['skipped']} = {t['sum']}: {'adds up' if t['adds_up'] else 'DOES NOT ADD UP'}")
     print(f"run stats: {t['run_stats_sources']}, {t['hours_in']:.2f} h in, {t['hours_kept']:.2f} h kept, "
           f"{t['segments_kept']} segments kept")
-    print(json.dumps({"audio_hours": audio_s / 3600, "wall_s": wall, "totals": t,
-                      "slopes_mib_per_100_sources": {k: slope(run_samples, k, n_files) for k in
-                                                     ("driver_rss", "workers_rss_sum", "workers_rss_max", "pss_total")}}))
+    print(json.dumps({"audio_hours": audio_s / 3600, "wall_s": wall, "totals": t, "slopes_mib_per_100_sources": slopes}))
     if not t["adds_up"]:
         sys.exit(1)
 
