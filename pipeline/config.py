@@ -52,8 +52,13 @@ def _default_resources() -> dict[str, StageResources]:
     # default settings) by bench/stage_memory.py on real speech, a 66 s and an 11 min session, the
     # whole actor process (its Ray worker included):
     #                    peak PSS   peak RSS   declared
-    #   decode            (134)      346        384    (decoding takes < 1 s: PSS, sampled every
-    #                                                   0.5 s, misses its peak; RSS does not)
+    #   decode            (134)      346        640    (decoding takes < 1 s: PSS, sampled every
+    #                                                   0.5 s, misses its peak; RSS does not. Ray
+    #                                                   Data's own figure, a task's peak USS, was
+    #                                                   493 MiB on the test suite's corpus, whose
+    #                                                   largest files are bigger; it warns at the end
+    #                                                   of a run when a stage declares less than
+    #                                                   1.25x that)
     #   segment+diarize   1159      1633       1792   (1.3 GiB PSS in the long run, below)
     #   transcribe        1327      1681       1792
     #   assemble           668      1004       1024
@@ -67,7 +72,7 @@ def _default_resources() -> dict[str, StageResources]:
     # of hours, raise them (--memory STAGE=MiB) or split the files. Segment and diarize share one
     # actor, which declares the larger of the two.
     return {
-        "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=384),
+        "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=640),
         "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
         "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2, memory_mib=1792),
         "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
