@@ -13,9 +13,12 @@ stage actor (found by the pool's class name in its process title, ``ray::MapWork
 TranscribeActor))``), all Ray worker processes (every ``ray::`` title: the stage actors, Ray
 Data's helper actors, Ray's agents; sum) and the rest of Ray (raylet, GCS, ...). RSS counts a
 page shared by several processes (torch's libraries, the object store's shared memory) once per
-process; PSS splits it between them, so the PSS total is what the run holds in RAM.
+process; PSS splits it between them, so the PSS total is what the run holds in RAM. A process's
+own heap is its RssAnon (private anonymous memory): the figure a leak makes grow. An actor's
+PSS also holds the object-store pages it wrote until the next stage reads them, which grows
+while a later stage is the bottleneck and falls again.
 
-Prints the memory table at 10/25/50/75/100 % of the sources done, and each figure's growth:
+Prints the memory table at 10/25/50/75/100 % of the sources done, and the heap's growth:
 the least-squares slope against sources done, from 10 % on (start-up and model loading come
 before), over the samples where that process is alive (Ray Data ends a stage's actors once the
 stage has seen every source, long before the end when a later stage is the bottleneck). Then
@@ -85,7 +88,7 @@ def build_corpus(out: Path, minutes: float, session_s: float) -> tuple[int, floa
 class Sampler:
     """Memory of the ingest's process tree every ``every`` s, with the sources done so far."""
 
-    FIELDS = ("t", "done", "driver_rss", *(f"{a}_{m}" for a in ACTORS for m in ("rss", "pss")),
+    FIELDS = ("t", "done", "driver_rss", "driver_anon", *(f"{a}_{m}" for a in ACTORS for m in ("anon", "pss", "rss")),
               "workers_rss_sum", "workers", "ray_rss", "pss_total")
 
     def __init__(self, pid: int, every: float):
@@ -103,7 +106,7 @@ class Sampler:
         except psutil.Error:
             return None
         out = {"t": round(time.time() - self.t0, 1), "done": self.done, "driver_rss": driver,
-               **{f"{a}_{m}": None for a in ACTORS for m in ("rss", "pss")}}
+               "driver_anon": rss_anon(self.proc.pid), **{f"{a}_{m}": None for a in ACTORS for m in ("anon", "pss", "rss")}}
         workers, others, pss = [], [], 0
         for c in children:
             try:
@@ -119,6 +122,7 @@ class Sampler:
                 if f"MapBatches({cls})" in title:  # one actor per pool by default; more: the largest
                     out[f"{a}_rss"] = max(out[f"{a}_rss"] or 0, rss)
                     out[f"{a}_pss"] = max(out[f"{a}_pss"] or 0, p)
+                    out[f"{a}_anon"] = max(out[f"{a}_anon"] or 0, rss_anon(c.pid) or 0)
         try:
             pss += self.proc.memory_full_info().pss
         except psutil.Error:
@@ -163,6 +167,21 @@ def slope(samples: list[dict], key: str, total: int) -> float | None:
         return None
     x, y = np.array(pts).T
     return float(np.polyfit(x, y, 1)[0] * 100)
+
+
+def rss_anon(pid: int) -> int | None:
+    """Private anonymous memory of a process (its heap: /proc/PID/status RssAnon), bytes. Unlike
+    RSS and PSS it leaves out shared memory, so the object store's pages that an actor wrote and
+    that wait for a slower stage (they count in its PSS until the next stage has read them) do
+    not look like a leak."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def mib(v) -> str:
@@ -224,15 +243,16 @@ def main() -> None:
 
     print(f"ingest: {wall:.0f} s wall ({audio_s / wall:.1f}x real time), {len(samples)} memory samples "
           f"every {args.memory_every:.0f} s", flush=True)
-    print("\nMiB; stage actors: PSS (RSS), '-' once Ray Data has ended the stage's actors")
-    print("| sources done | t (s) | driver RSS | " + " | ".join(ACTORS) + " | Ray workers RSS sum | rest of Ray RSS "
+    print("\nMiB; driver and stage actors: private heap, RssAnon (PSS or RSS); '-' once Ray Data has ended the "
+          "stage's actors")
+    print("| sources done | t (s) | driver | " + " | ".join(ACTORS) + " | Ray workers RSS sum | rest of Ray RSS "
           "| PSS total |")
     print("|---" * (6 + len(ACTORS)) + "|")
     for label, s in milestones(run_samples, n_files):
-        actors = " | ".join(f"{mib(s[f'{a}_pss'])} ({mib(s[f'{a}_rss'])})" for a in ACTORS)
-        print(f"| {s['done']}/{n_files} ({label}) | {s['t']:.0f} | {mib(s['driver_rss'])} | {actors} "
+        actors = " | ".join(f"{mib(s[f'{a}_anon'])} ({mib(s[f'{a}_pss'])})" for a in ACTORS)
+        print(f"| {s['done']}/{n_files} ({label}) | {s['t']:.0f} | {mib(s['driver_anon'])} ({mib(s['driver_rss'])}) | {actors} "
               f"| {mib(s['workers_rss_sum'])} | {mib(s['ray_rss'])} | {mib(s['pss_total'])} |")
-    keys = ("driver_rss", *(f"{a}_pss" for a in ACTORS), "pss_total")
+    keys = ("driver_anon", *(f"{a}_anon" for a in ACTORS), "pss_total")
     slopes = {k: slope(run_samples, k, n_files) for k in keys}
     print("\ngrowth from 10 % on, MiB per 100 sources (least squares over the samples where the process is alive): "
           + ", ".join(f"{k} {v:+.1f}" if v is not None else f"{k} n/a" for k, v in slopes.items()))
