@@ -117,3 +117,10 @@ def test_a_node_with_little_memory_gets_fewer_actors_and_the_run_completes(small
     assert sum("DecodeActor" in n for n in started) == 2, started
     for name in ("SegmentDiarizeActor", "TranscribeActor", "AssembleActor"):
         assert sum(name in n for n in started) == 1, started
+
+
+def test_segment_and_diarize_share_an_actor_that_declares_the_larger_memory():
+    from pipeline.ray_adapter import sharing
+
+    cfg = parse_args(["--input", "x", "--output", "y", "--memory", "diarize=3000", "--memory", "segment=100"])
+    assert sharing(cfg, "segment", "diarize")[0].memory_mib == 3000
