@@ -27,10 +27,15 @@ class StageResources:
     num_gpus: float = 0.0
     concurrency: int = 1
     threads: int = 1  # intra-op threads of the stage's model (torch / CTranslate2)
+    # MiB of RAM one actor of the stage holds at its peak, declared to Ray (``memory=``) so that
+    # its scheduler never packs more actors on a node than the node's memory holds; 0: none
+    memory_mib: float = 0.0
 
     def __post_init__(self):
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError(f"stage resources must be >= 0, got cpus={self.num_cpus} gpus={self.num_gpus}")
+        if self.memory_mib < 0:
+            raise ConfigError(f"stage memory_mib must be >= 0 MiB (0: not declared), got {self.memory_mib}")
         if self.concurrency < 1:
             raise ConfigError(f"stage concurrency must be >= 1, got {self.concurrency}")
         if self.threads < 1:
@@ -42,12 +47,36 @@ def _default_resources() -> dict[str, StageResources]:
     # `threads`. Segment and diarize run in one actor pool (see pipeline.ray_adapter), which
     # takes the larger of their two settings. One actor per stage: on 2 cores every extra
     # process costs seconds of start-up; raise `concurrency` on bigger machines.
+    #
+    # memory_mib: one actor's peak, with ~30 % headroom. Measured (2026-11-30, CPU, tiny.en int8,
+    # default settings) by bench/stage_memory.py on real speech, a 66 s and an 11 min session, the
+    # whole actor process (its Ray worker included):
+    #                    peak PSS   peak RSS   declared
+    #   decode            (134)      346        640    (decoding takes < 1 s: PSS, sampled every
+    #                                                   0.5 s, misses its peak; RSS does not. Ray
+    #                                                   Data's own figure, a task's peak USS, was
+    #                                                   493 MiB on the test suite's corpus, whose
+    #                                                   largest files are bigger; it warns at the end
+    #                                                   of a run when a stage declares less than
+    #                                                   1.25x that)
+    #   segment+diarize   1159      1633       1792   (1.3 GiB PSS in the long run, below)
+    #   transcribe        1327      1681       1792
+    #   assemble           668      1004       1024
+    # PSS splits the pages several processes share (torch's libraries, ~0.3-0.5 GiB; the object
+    # store's shared memory, which Ray budgets on its own) between them, so the PSS of all the
+    # actors adds up to what they hold; RSS counts those pages in every process. In the 2 h run of
+    # bench/long_run.py (1 min sessions; Ray Data keeps several sources in flight per actor)
+    # segment+diarize reached 1.3 GiB PSS (2.0 GiB RSS), transcribe 0.9 GiB PSS (1.7 GiB RSS),
+    # read once with /proc/PID/smaps_rollup (RSS every 20 s). Peaks grow with the length of a source (its
+    # audio, ~0.55 GiB per hour at 16 + 24 kHz float32, is held by several stages): for sources
+    # of hours, raise them (--memory STAGE=MiB) or split the files. Segment and diarize share one
+    # actor, which declares the larger of the two.
     return {
-        "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1),
-        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1),
-        "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2),
-        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1),
-        "assemble": StageResources(num_cpus=0.25, concurrency=1, threads=1),
+        "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=640),
+        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
+        "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2, memory_mib=1792),
+        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
+        "assemble": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1024),
     }
 
 
@@ -206,7 +235,9 @@ class IngestConfig:
         for k, v in (self.resources or {}).items():
             if k not in resources:
                 raise ConfigError(f"unknown stage {k!r} in resources; stages: {sorted(resources)}")
-            resources[k] = v if isinstance(v, StageResources) else StageResources(**v)
+            # rebuilt even when given as StageResources: a field set after construction (the CLI's
+            # --memory etc. set attributes) is validated here
+            resources[k] = StageResources(**(dataclasses.asdict(v) if isinstance(v, StageResources) else v))
         self.resources = resources
         if self.hf_token is None:
             self.hf_token = os.environ.get("HF_TOKEN")

@@ -115,6 +115,9 @@ def parse_args(argv=None) -> IngestConfig:
     g.add_argument("--gpus", action="append", metavar="STAGE=N", help="GPUs per actor (e.g. transcribe=1)")
     g.add_argument("--concurrency", action="append", metavar="STAGE=N", help="actors / parallel tasks of a stage")
     g.add_argument("--threads", action="append", metavar="STAGE=N", help="model threads of a stage")
+    g.add_argument("--memory", action="append", metavar="STAGE=MiB",
+                   help="RAM one actor of a stage declares to Ray (default: its measured peak, pipeline/config.py); "
+                        "Ray starts no more actors than the node's memory holds; 0: none declared")
     g = ap.add_argument_group("faults (README: Faults and retries)")
     g.add_argument("--max-task-retries", type=int, default=d.max_task_retries,
                    help="resubmit a batch whose stage actor died this many times (default %(default)s)")
@@ -127,10 +130,12 @@ def parse_args(argv=None) -> IngestConfig:
 
     res = {k: StageResources(**vars(v)) for k, v in _default_resources().items()}
     for flag, attr, cast in (("--cpus", "num_cpus", float), ("--gpus", "num_gpus", float),
-                             ("--concurrency", "concurrency", int), ("--threads", "threads", int)):
+                             ("--concurrency", "concurrency", int), ("--threads", "threads", int),
+                             ("--memory", "memory_mib", float)):
         for k, v in _stage_values(getattr(a, flag[2:]), flag, cast).items():
             setattr(res[k], attr, v)
-    kw = {k: v for k, v in vars(a).items() if k not in ("input", "cpus", "gpus", "concurrency", "threads", "address")}
+    kw = {k: v for k, v in vars(a).items()
+          if k not in ("input", "cpus", "gpus", "concurrency", "threads", "memory", "address")}
     return IngestConfig(inputs=a.input, ray_address=a.address, resources=res, **kw)
 
 

@@ -44,8 +44,15 @@ class SegmentationResult:
 
 
 def load_segmentation_model(path: str | None, token: str | None = None):
+    import logging
+
     from pyannote.audio import Model
 
+    # whisperx's bundled checkpoint was saved by Lightning 1.5; every load upgrades it in memory
+    # and logs (INFO, to Lightning's own console handler) how to upgrade the file for good, once
+    # per load and per process. The file is in the installed package: nothing for a user to do.
+    for name in ("lightning.pytorch.utilities.migration.utils", "pytorch_lightning.utilities.migration.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     model = Model.from_pretrained(path or whisperx_segmentation_path(), token=token)
     if model is None:
         raise FileNotFoundError(f"cannot load pyannote segmentation model from {path!r}")

@@ -22,8 +22,17 @@ class ResemblyzerEmbedding:
     target_dbfs = -30.0
 
     def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4):
+        import warnings
+
         import torchaudio
-        from resemblyzer import VoiceEncoder
+
+        with warnings.catch_warnings():
+            # resemblyzer imports webrtcvad, whose first line imports setuptools' pkg_resources,
+            # which warns that it is deprecated (UserWarning) in every process that loads the
+            # diarizer. Third-party code we cannot change, and nothing a user can act on; only
+            # that one warning, only during this import.
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from resemblyzer import VoiceEncoder
 
         self.device = torch.device(device)
         self.encoder = VoiceEncoder(device=self.device, verbose=False).eval()

@@ -35,4 +35,4 @@ def e2e_ingested(tmp_path_factory, speech_dir):
     out = root / "out"
     p = run_ingest(["--input", str(speech_dir), "--input", str(bad), "--output", str(out),
                     "--shard-max-samples", "200"])
-    return {"out": out, "bad": bad, "expected": expected, "stdout": p.stdout, "speech": speech_dir}
+    return {"out": out, "bad": bad, "expected": expected, "stdout": p.stdout, "stderr": p.stderr, "speech": speech_dir}
