@@ -75,6 +75,9 @@ def test_run_directory_contents(full_run):
     assert ckpts == ["step_0000003", "step_0000006"]
     state = json.loads((out / "checkpoints" / "step_0000006" / "state.json").read_text())
     assert state["step"] == 6 and state["data"][0]["consumed"] == 12  # 6 steps x 2 micro-batches
+    # the stream's own position (shard, offset, buffers): a resume opens one shard, replays nothing
+    assert state["data"][0]["workers"][0]["index"] == 11
+    assert (out / "checkpoints" / "step_0000006" / "data_rank0.safetensors").is_file()
     assert state["scheduler"]["step"] == 6
 
 
