@@ -287,14 +287,21 @@ class CodecTrainer:
         """Collective. Every rank's data position and RNG streams differ (seeded seed + rank: each
         rank draws its own quantizer bypasses and crops); the checkpoint keeps each rank's own."""
         mine = checkpoint.RankState.capture(self.stream.state_dict(), device=self.device)
-        g_t, g_groups = checkpoint.flatten_optimizer(self.opt_g.state_dict(), "opt_g/")
-        d_t, d_groups = checkpoint.flatten_optimizer(self.opt_d.state_dict(), "opt_d/")
+
+        def payload() -> tuple[dict, dict]:
+            g_t, g_groups = checkpoint.flatten_optimizer(self.opt_g.state_dict(), "opt_g/")
+            d_t, d_groups = checkpoint.flatten_optimizer(self.opt_d.state_dict(), "opt_d/")
+            meta = {
+                "param_groups": {"opt_g": g_groups, "opt_d": d_groups},
+                "codec_config": self.cfg.to_dict(),
+            }
+            return {"disc": self.disc.state_dict(), "optimizer": {**g_t, **d_t}}, meta
+
         path = checkpoint.save(
             self.out,
             self.step,
             mine,
-            groups=lambda: {"disc": self.disc.state_dict(), "optimizer": {**g_t, **d_t}},
-            meta={"param_groups": {"opt_g": g_groups, "opt_d": d_groups}, "codec_config": self.cfg.to_dict()},
+            payload,
             keep=self.run.keep,
             add_files=self.codec.save,  # model.safetensors + config.json: Codec.load(step dir) works
         )

@@ -203,14 +203,15 @@ def save(
     out: Path,
     step: int,
     mine: RankState,
-    groups: Callable[[], dict[str, dict[str, torch.Tensor]]] | None = None,
-    meta: dict[str, Any] | None = None,
+    payload: Callable[[], tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]] | None = None,
     keep: int = 2,
     add_files: Callable[[Path], None] | None = None,
 ) -> Path | None:
-    """Collective. Gathers every rank's ``RankState`` on rank 0, which writes ``groups()`` (called on
-    rank 0 only), ``meta`` and the per-rank files, then renames; keeps the newest ``keep``.
-    ``add_files(tmp_dir)`` may write more files into the checkpoint before it is completed.
+    """Collective. Gathers every rank's ``RankState`` on rank 0, which calls ``payload()`` -> (tensor
+    groups {file stem: tensors}, trainer metadata for state.json), writes them and the per-rank files,
+    then renames; keeps the newest ``keep``. ``payload`` runs on rank 0 only: under FSDP with a
+    rank-0-only gather the other ranks hold empty state dicts. ``add_files(tmp_dir)`` may write more
+    files into the checkpoint before it is completed.
     Returns the checkpoint directory on rank 0, None elsewhere."""
     rank, world = _dist()
     if world > 1:
@@ -226,7 +227,8 @@ def save(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for name, tensors in (groups() if groups else {}).items():
+    groups, meta = payload() if payload is not None else ({}, {})
+    for name, tensors in groups.items():
         save_file(
             {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
             str(tmp / f"{name}.safetensors"),
@@ -245,7 +247,7 @@ def save(
         "versions": versions(),
         "data": [st.data for st in states],
         "python_rng": [st.python_rng for st in states],
-        **(meta or {}),
+        **meta,
     }
     (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))  # last: marks the directory complete
     if final.exists():

@@ -214,17 +214,14 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Collective (FSDP gathers the full state on every rank); rank 0 writes."""
-        msd, osd = checkpoint.full_state(self.model, self.optimizer)
-        otensors, groups = checkpoint.flatten_optimizer(osd)
+        msd, osd = checkpoint.full_state(self.model, self.optimizer)  # full copies on rank 0 only
         mine = checkpoint.RankState.capture(self.loader.state_dict(), self.loader.state_arrays(), self.device)
-        return checkpoint.save(
-            self.run_dir,
-            self.step,
-            mine,
-            groups=lambda: {"model": msd, "optimizer": otensors},
-            meta={**self.extra_state(), "param_groups": groups},
-            keep=self.cfg.keep_checkpoints,
-        )
+
+        def payload() -> tuple[dict, dict]:
+            otensors, groups = checkpoint.flatten_optimizer(osd)
+            return {"model": msd, "optimizer": otensors}, {**self.extra_state(), "param_groups": groups}
+
+        return checkpoint.save(self.run_dir, self.step, mine, payload, keep=self.cfg.keep_checkpoints)
 
     # ---- eval ----
     @torch.no_grad()

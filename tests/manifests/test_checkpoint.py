@@ -27,8 +27,8 @@ def _trained():
 def _save(out, step, model, opt, data=None, keep=2):
     otensors, groups = ck.flatten_optimizer(opt.state_dict(), "opt/")
     mine = ck.RankState.capture(data or {"consumed": step}, {"w0.buf": torch.arange(step)})
-    return ck.save(out, step, mine, groups=lambda: {"model": model.state_dict(), "optimizer": otensors},
-                   meta={"param_groups": groups}, keep=keep)  # fmt: skip
+    payload = lambda: ({"model": model.state_dict(), "optimizer": otensors}, {"param_groups": groups})  # noqa: E731
+    return ck.save(out, step, mine, payload, keep=keep)
 
 
 def test_round_trip_restores_weights_optimiser_rng_and_data_position(tmp_path):
