@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from codec import checkpoint
 from codec.audio_stream import AudioCropStream
 from codec.config import CodecConfig
 from codec.discriminator import (
@@ -32,6 +31,7 @@ from codec.discriminator import (
 from codec.losses import MultiScaleMelLoss, distill_loss
 from codec.speech_codec import Codec
 from codec.vq import VectorQuantizer
+from manifests import checkpoint
 
 log = logging.getLogger("codec.train")
 
@@ -282,96 +282,55 @@ class CodecTrainer:
         with open(self.out / "train_log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    # ---- checkpoints ----
+    # ---- checkpoints (layout and errors: manifests/checkpoint.py) ----
     def save(self) -> Path | None:
-        # Every rank's data position and RNG streams differ (seeded seed + rank: each rank draws
-        # its own quantizer bypasses and crops); gather them so a resume restores each rank's own.
-        mine = {"data": self.stream.state_dict(), "rng": self._rng_state()}
-        if self.world_size > 1:
-            states = [None] * self.world_size
-            dist.all_gather_object(states, mine)
-        else:
-            states = [mine]
-        positions = [s["data"] for s in states]
-        if self.rank != 0:
-            dist.barrier()
-            return None
-        g_t, g_meta = checkpoint.optimizer_to_flat(self.opt_g, "opt_g")
-        d_t, d_meta = checkpoint.optimizer_to_flat(self.opt_d, "opt_d")
-        tensors = {**g_t, **d_t}
-        tensors.update(
-            {f"disc.{k}": v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()}
+        """Collective. Every rank's data position and RNG streams differ (seeded seed + rank: each
+        rank draws its own quantizer bypasses and crops); the checkpoint keeps each rank's own."""
+        mine = checkpoint.RankState.capture(self.stream.state_dict(), device=self.device)
+
+        def payload() -> tuple[dict, dict]:
+            g_t, g_groups = checkpoint.flatten_optimizer(self.opt_g.state_dict(), "opt_g/")
+            d_t, d_groups = checkpoint.flatten_optimizer(self.opt_d.state_dict(), "opt_d/")
+            meta = {
+                "param_groups": {"opt_g": g_groups, "opt_d": d_groups},
+                "codec_config": self.cfg.to_dict(),
+            }
+            return {"disc": self.disc.state_dict(), "optimizer": {**g_t, **d_t}}, meta
+
+        path = checkpoint.save(
+            self.out,
+            self.step,
+            mine,
+            payload,
+            keep=self.run.keep,
+            add_files=self.codec.save,  # model.safetensors + config.json: Codec.load(step dir) works
         )
-        for r, st in enumerate(states):
-            tensors[f"rng.torch.{r}"] = st["rng"]["torch"]
-            if "cuda" in st["rng"]:
-                tensors[f"rng.cuda.{r}"] = st["rng"]["cuda"]
-        meta = {
-            "step": self.step,
-            "world_size": self.world_size,
-            "data": positions,
-            "opt_g": g_meta,
-            "opt_d": d_meta,
-            "python_random_per_rank": [st["rng"]["python"] for st in states],
-            "codec_config": self.cfg.to_dict(),
-        }
-        path = checkpoint.write(self.out, self.step, self.codec, tensors, meta, keep=self.run.keep)
-        log.info("saved %s (codec_id %s)", path, self.codec.codec_id)
-        if self.world_size > 1:
-            dist.barrier()
+        if path is not None:
+            # The top-level copy is what users load; each file is replaced atomically by Codec.save.
+            self.codec.save(self.out)
+            log.info("saved %s (codec_id %s)", path, self.codec.codec_id)
         return path
 
     def _resume(self) -> None:
-        d = checkpoint.latest_step_dir(self.out)
+        d = checkpoint.latest(self.out)
         if d is None:
             log.info("--resume: no checkpoint in %s yet, starting from step 0", self.out)
             return
-        tensors, meta = checkpoint.read(d)
-        if meta["world_size"] != self.world_size:
-            raise checkpoint.CheckpointError(
-                f"{d}: saved with {meta['world_size']} processes, resuming with {self.world_size}; "
-                "the data positions are per process, resume with the same torchrun --nproc_per_node"
-            )
-        if CodecConfig.from_dict(meta["codec_config"]) != self.cfg:
-            raise checkpoint.CheckpointError(
+        saved = checkpoint.read_meta(d).get("codec_config")
+        if saved is None or CodecConfig.from_dict(saved) != self.cfg:
+            raise checkpoint.CheckpointIncompatible(
                 f"{d}: the checkpoint's codec config differs from this run's; resume with the same --config "
-                f"(the saved one is in {d / 'config.json'})"
+                f"(the saved one is in {d / 'config.json'}) or start a new --output"
             )
-        loaded = Codec.load(d, device=self.device)
-        self.codec.load_state_dict(loaded.state_dict())
-        self.disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-        checkpoint.optimizer_from_flat(self.opt_g, tensors, meta["opt_g"], "opt_g")
-        checkpoint.optimizer_from_flat(self.opt_d, tensors, meta["opt_d"], "opt_d")
-        if f"rng.torch.{self.rank}" in tensors:
-            r = self.rank
-            torch.set_rng_state(tensors[f"rng.torch.{r}"])
-            if f"rng.cuda.{r}" in tensors and self.device.type == "cuda":
-                torch.cuda.set_rng_state(tensors[f"rng.cuda.{r}"], self.device)
-            random.setstate(_json_to_random_state(meta["python_random_per_rank"][r]))
-        elif self.rank == 0:
-            # a checkpoint written before the RNG was saved per rank holds rank 0's only; other
-            # ranks keep their fresh (seed + rank) streams rather than all copying rank 0's
-            torch.set_rng_state(tensors["rng.torch"])
-            if "rng.cuda" in tensors and self.device.type == "cuda":
-                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-            random.setstate(_json_to_random_state(meta["python_random"]))
-        self.stream.load_state_dict(meta["data"][self.rank])
-        self.step = meta["step"]
+        loaded = checkpoint.load(d)
+        self.codec.load_state_dict(Codec.load(d, device=self.device).state_dict())
+        self.disc.load_state_dict(loaded.tensors("disc"))
+        opt = loaded.tensors("optimizer")
+        groups = loaded.meta["param_groups"]
+        self.opt_g.load_state_dict(checkpoint.unflatten_optimizer(opt, groups["opt_g"], "opt_g/"))
+        self.opt_d.load_state_dict(checkpoint.unflatten_optimizer(opt, groups["opt_d"], "opt_d/"))
+        self.stream.load_state_dict(loaded.rank.data)
+        # last: building the codec above (Codec.load) draws from the torch RNG
+        loaded.rank.restore_rng(self.device)
+        self.step = loaded.meta["step"]
         log.info("resumed from %s at step %d", d, self.step)
-
-
-    def _rng_state(self) -> dict:
-        """This process's RNG streams: torch CPU (and CUDA) generator, Python's ``random``."""
-        st = {"torch": torch.get_rng_state(), "python": _json_random_state()}
-        if self.device.type == "cuda":
-            st["cuda"] = torch.cuda.get_rng_state(self.device)
-        return st
-
-
-def _json_random_state() -> list:
-    v, internal, g = random.getstate()
-    return [v, list(internal), g]
-
-
-def _json_to_random_state(s: list) -> tuple:
-    return (s[0], tuple(s[1]), s[2])

@@ -81,42 +81,63 @@ class Packer:
 
     Keeps up to ``buffer`` open rows; a sequence goes into the first open row with room, otherwise a
     new row is opened; when more than ``buffer`` rows are open, the fullest is emitted.
+
+    The open and ready rows are plain attributes (``open_rows``, ``used``, ``ready``) so a resumable
+    stream can save and restore them (``model.token_stream``): ``add`` / ``take`` / ``finish`` are the
+    step-by-step form of ``pack``.
     """
 
     def __init__(self, seq_len: int, batch_size: int, pad_id: int, buffer: int = 16):
         self.seq_len, self.batch_size, self.pad_id, self.buffer = seq_len, batch_size, pad_id, buffer
+        self.open_rows: list[list[TTSSequence]] = []
+        self.used: list[int] = []  # positions used in each open row
+        self.ready: list[list[TTSSequence]] = []  # closed rows, oldest first
+
+    def add(self, seq: TTSSequence) -> None:
+        """Place one sequence (first fit); close the fullest row when more than ``buffer`` are open."""
+        if len(seq) > self.seq_len:
+            raise ValueError(f"sequence {seq.key} has {len(seq)} positions > seq_len {self.seq_len}")
+        for i, u in enumerate(self.used):
+            if u + len(seq) <= self.seq_len:
+                self.open_rows[i].append(seq)
+                self.used[i] += len(seq)
+                break
+        else:
+            self.open_rows.append([seq])
+            self.used.append(len(seq))
+        if len(self.open_rows) > self.buffer:
+            i = int(np.argmax(self.used))
+            self.ready.append(self.open_rows.pop(i))
+            self.used.pop(i)
+
+    def take(self, partial: bool = False) -> list[list[TTSSequence]] | None:
+        """The next ``batch_size`` ready rows (fewer only if ``partial``), or None if not enough."""
+        if not self.ready or (len(self.ready) < self.batch_size and not partial):
+            return None
+        rows, self.ready = self.ready[: self.batch_size], self.ready[self.batch_size :]
+        return rows
+
+    def finish(self) -> None:
+        """End of the stream: every open row becomes ready."""
+        self.ready.extend(self.open_rows)
+        self.open_rows, self.used = [], []
+
+    def collate(self, rows: list[list[TTSSequence]]) -> dict[str, torch.Tensor]:
+        return collate_rows(rows, self.seq_len, self.pad_id)
 
     def pack(
         self, sequences: Iterable[TTSSequence], drop_last: bool = False, skip: int = 0
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """``skip``: the first ``skip`` batches are formed but not collated nor yielded (resume)."""
+        """``skip``: the first ``skip`` batches are formed but not collated nor yielded."""
         emitted = 0
-        open_rows: list[list[TTSSequence]] = []
-        used: list[int] = []
-        ready: list[list[TTSSequence]] = []
         for seq in sequences:
-            if len(seq) > self.seq_len:
-                raise ValueError(f"sequence {seq.key} has {len(seq)} positions > seq_len {self.seq_len}")
-            for i, u in enumerate(used):
-                if u + len(seq) <= self.seq_len:
-                    open_rows[i].append(seq)
-                    used[i] += len(seq)
-                    break
-            else:
-                open_rows.append([seq])
-                used.append(len(seq))
-            if len(open_rows) > self.buffer:
-                i = int(np.argmax(used))
-                ready.append(open_rows.pop(i))
-                used.pop(i)
-            while len(ready) >= self.batch_size:
+            self.add(seq)
+            while (rows := self.take()) is not None:
                 if emitted >= skip:
-                    yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+                    yield self.collate(rows)
                 emitted += 1
-                ready = ready[self.batch_size :]
-        ready.extend(open_rows)
-        while ready and (len(ready) >= self.batch_size or not drop_last):
+        self.finish()
+        while (rows := self.take(partial=not drop_last)) is not None:
             if emitted >= skip:
-                yield collate_rows(ready[: self.batch_size], self.seq_len, self.pad_id)
+                yield self.collate(rows)
             emitted += 1
-            ready = ready[self.batch_size :]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError, latest_checkpoint, load_model_weights, read_state
+from manifests import checkpoint
+from manifests.checkpoint import CheckpointIncompatible, CheckpointMissing
 from model.config import ModelConfig
 from model.sequence import Specials
 from model.text_tokenizer import TextTokenizer, load_tokenizer
@@ -61,10 +62,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if (p / "state.json").exists():
         return p
-    ckpt = latest_checkpoint(p)
+    ckpt = checkpoint.latest(p)
     if ckpt is None:
-        raise CheckpointError(
-            f"{p} is neither a checkpoint (state.json) nor a run directory with checkpoints/step_*"
+        raise CheckpointMissing(
+            f"{p} is neither a checkpoint (state.json) nor a run directory with checkpoints/step_*: "
+            "pass a model/train.py --output directory or one of its checkpoints/step_NNNNNNN"
         )
     return ckpt
 
@@ -77,11 +79,11 @@ class Synthesizer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Synthesizer:
         ckpt = resolve_checkpoint(path)
-        state = read_state(ckpt)
+        state = checkpoint.read_meta(ckpt)
         model = TTSModel(ModelConfig.from_dict(state["model_config"]))
-        missing, unexpected = model.load_state_dict(load_model_weights(ckpt), strict=False)
+        missing, unexpected = model.load_state_dict(checkpoint.read_tensors(ckpt, "model"), strict=False)
         if missing or unexpected:
-            raise CheckpointError(
+            raise CheckpointIncompatible(
                 f"{ckpt}: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         return cls(

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from manifests import checkpoint
+from manifests.checkpoint import CheckpointIncompatible
 from model.config import ConfigError, ModelConfig, TrainConfig, save_run_config
 from model.flops import peak_tflops, step_flops
 from model.loader import ResumableLoader
@@ -106,11 +107,11 @@ class Trainer:
             from model.synthesis import resolve_checkpoint
 
             ckpt = resolve_checkpoint(spec.warm_start)
-            if read_state(ckpt)["model_config"] != self.mcfg.to_dict():
-                raise CheckpointError(f"--warm-start {ckpt}: its model config differs from this run's")
-            from model.checkpoint import load_model_weights
-
-            model.load_state_dict(load_model_weights(ckpt))
+            if checkpoint.read_meta(ckpt)["model_config"] != self.mcfg.to_dict():
+                raise CheckpointIncompatible(
+                    f"--warm-start {ckpt}: its model config differs from this run's; use its --config"
+                )
+            model.load_state_dict(checkpoint.read_tensors(ckpt, "model"))
         model.to(self.device)
         if self.cfg.compile:
             for layer in model.backbone.layers:
@@ -126,6 +127,9 @@ class Trainer:
             self.train_shards, self.tokenizer, self.cfg.data, self.info.rank, self.info.world_size
         )
         self.loader = ResumableLoader(stream, self.cfg.data.num_workers)
+        # the workers save their stream state before each checkpoint (counted in micro-batches)
+        ga = self.cfg.grad_accum
+        self.loader.plan_snapshots(self.cfg.ckpt_every * ga, self.cfg.steps * ga)
         self.step = 0
         self.peak = peak_tflops(self.device, self.cfg.peak_tflops)
         self.history: list[dict[str, Any]] = []
@@ -181,28 +185,43 @@ class Trainer:
 
     # ---- resume ----
     def maybe_resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir) if self.spec.resume else None
+        ckpt = checkpoint.latest(self.run_dir) if self.spec.resume else None
         if self.spec.resume and ckpt is None:
             if self.info.is_main:
                 log.info("--resume: no checkpoint in %s, starting from step 0", self.run_dir / "checkpoints")
             return
         if ckpt is None:
             return
-        saved = read_state(ckpt)
-        if saved["model_config"] != self.mcfg.to_dict():
-            raise CheckpointError(
+        if checkpoint.read_meta(ckpt).get("model_config") != self.mcfg.to_dict():
+            raise CheckpointIncompatible(
                 f"{ckpt} was trained with a different model config; use a new --output or the same --config"
             )
-        state = load_checkpoint(ckpt, self.model, self.optimizer, self.info.rank)
-        self.loader.load_state_dict(state["data"][self.info.rank])
-        self.step = int(state["step"])
+        loaded = checkpoint.load(ckpt)
+        meta = loaded.meta
+        osd = checkpoint.unflatten_optimizer(loaded.tensors("optimizer"), meta["param_groups"])
+        checkpoint.load_full_state(ckpt, self.model, self.optimizer, loaded.tensors("model"), osd)
+        self.loader.load_state_dict(loaded.rank.data, loaded.rank.data_tensors)
+        loaded.rank.restore_rng(self.device)  # last, so nothing above can draw from it
+        self.step = int(meta["step"])
         if self.info.is_main:
             log.info(
-                "resumed from %s at step %d (data: %d batches consumed)",
+                "resumed from %s at step %d (data: %d batches consumed, %s)",
                 ckpt,
                 self.step,
                 self.loader.consumed,
+                "from the saved stream position" if "workers" in loaded.rank.data else "replayed",
             )
+
+    def save(self) -> Path | None:
+        """Collective (FSDP gathers the full state on every rank); rank 0 writes."""
+        msd, osd = checkpoint.full_state(self.model, self.optimizer)  # full copies on rank 0 only
+        mine = checkpoint.RankState.capture(self.loader.state_dict(), self.loader.state_arrays(), self.device)
+
+        def payload() -> tuple[dict, dict]:
+            otensors, groups = checkpoint.flatten_optimizer(osd)
+            return {"model": msd, "optimizer": otensors}, {**self.extra_state(), "param_groups": groups}
+
+        return checkpoint.save(self.run_dir, self.step, mine, payload, keep=self.cfg.keep_checkpoints)
 
     # ---- eval ----
     @torch.no_grad()
@@ -375,15 +394,7 @@ class Trainer:
                     self._log({"kind": "eval", "step": self.step, **ev})
                 t0 = time.perf_counter()  # eval time is not training throughput
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                path = save_checkpoint(
-                    self.run_dir,
-                    self.step,
-                    model,
-                    self.optimizer,
-                    self.extra_state(),
-                    self.loader.state_dict(),
-                    cfg.keep_checkpoints,
-                )
+                path = self.save()
                 if path is not None:
                     log.info("checkpoint %s", path)
                 t0 = time.perf_counter()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from codec import Codec, CodecConfig
-from codec.checkpoint import CheckpointError
 from codec.trainer import CodecTrainer, TrainRunConfig
+from manifests.checkpoint import CheckpointError
 
 
 def _small(**kw) -> CodecConfig:

@@ -187,3 +187,77 @@ def test_shards_of_two_codecs_do_not_mix(token_dir, tmp_path):
     assert codec_id_of(shards) == token_dir.name
     with pytest.raises(TokenShardError, match="different codecs"):
         codec_id_of([*shards, other])
+
+
+def _many_shards(token_dir, dest, n_shards=12, per_shard=4):
+    """The real training samples re-dealt into many small shards (keys made unique per copy)."""
+    import io
+    import json
+    import tarfile
+
+    from model.token_stream import _raw_samples
+
+    train, _ = split_train_eval(list_shards(token_dir), 1)
+    raw = [r for sh in train for r in _raw_samples(sh)]
+    dest.mkdir()
+    for s in range(n_shards):
+        with tarfile.open(dest / f"{s:06d}.tar", "w") as tar:
+            for k in range(per_shard):
+                r = raw[(s * per_shard + k) % len(raw)]
+                key = f"{r['__key__']}c{s:03d}{k}"
+                meta = dict(json.loads(r["json"]), key=key)
+                for name, data in ((f"{key}.tokens.npz", r["tokens.npz"]), (f"{key}.json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return list_shards(dest)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_cost_does_not_grow_with_the_step(token_dir, tmp_path, workers):
+    """A saved stream position resumes EXACTLY, by opening one shard: the samples decoded before the
+    first batch after resume stay within one shard's worth whether the run stopped at batch N or 3N
+    (the replay it replaces decodes everything consumed so far, and that is checked too)."""
+    import json
+
+    import torch
+
+    from model.loader import ResumableLoader
+
+    per_shard, n = 4, 8
+    shards = _many_shards(token_dir, tmp_path / "tok", per_shard=per_shard)
+    cfg = DataConfig(seq_len=256, batch_size=1, shuffle_buffer=3, pack_buffer=2)
+
+    def loader():
+        ld = ResumableLoader(PackedTokenStream(shards, ByteTokenizer(), cfg), num_workers=workers)
+        ld.plan_snapshots(every=n)
+        return ld
+
+    first = loader()
+    batches, saved = [], {}
+    for i in range(1, 3 * n + 4):
+        batches.append(next(first))
+        if i in (n, 3 * n):
+            saved[i] = (first.state_dict(), first.state_arrays())
+    assert all("workers" in st for st, _ in saved.values()), "no stream snapshot was saved"
+    cost = {}
+    for at, (state, arrays) in saved.items():
+        resumed = loader()
+        resumed.load_state_dict(json.loads(json.dumps(state)), arrays)  # JSON as read from state.json
+        got = [next(resumed)]
+        if workers == 0:  # decoded before the first batch after resume
+            cost[at] = resumed.stream.last_consumer.decoded
+        got += [next(resumed) for _ in range(2)]
+        for a, b in zip(batches[at : at + 3], got):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), (at, k)
+    if workers == 0:
+        assert max(cost.values()) <= per_shard, cost
+        replay = {}
+        for at, (state, _) in saved.items():
+            again = loader()
+            again.load_state_dict({k: v for k, v in state.items() if k != "workers"})
+            next(again)
+            replay[at] = again.stream.last_consumer.decoded
+        assert replay[3 * n] > replay[n] > per_shard, replay  # what the snapshot saves

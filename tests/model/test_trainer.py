@@ -75,6 +75,9 @@ def test_run_directory_contents(full_run):
     assert ckpts == ["step_0000003", "step_0000006"]
     state = json.loads((out / "checkpoints" / "step_0000006" / "state.json").read_text())
     assert state["step"] == 6 and state["data"][0]["consumed"] == 12  # 6 steps x 2 micro-batches
+    # the stream's own position (shard, offset, buffers): a resume opens one shard, replays nothing
+    assert state["data"][0]["workers"][0]["index"] == 11
+    assert (out / "checkpoints" / "step_0000006" / "data_rank0.safetensors").is_file()
     assert state["scheduler"]["step"] == 6
 
 
@@ -132,7 +135,7 @@ def test_two_process_data_parallel_gloo(token_dir, tmp_path, parallel):
         "--log-every",
         "1",
         "--ckpt-every",
-        "3",
+        "2",
         "--eval-every",
         "3",
         "--parallel",
@@ -163,6 +166,25 @@ def test_two_process_data_parallel_gloo(token_dir, tmp_path, parallel):
     train = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"train"' in x]
     assert [r["step"] for r in train] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in train)
     assert "step 3 loss" in proc.stderr + proc.stdout
+    # Killed after the step-2 checkpoint: 2 ranks resume (each its own RNG and stream position, the
+    # sharded model and optimiser refilled) and step 3 comes out the same.
+    killed = tmp_path / f"{parallel}_killed"
+    shutil.copytree(out, killed)
+    shutil.rmtree(killed / "checkpoints" / "step_0000003")
+    (killed / "log.jsonl").unlink()
+    again = subprocess.run(
+        [str(killed) if c == str(out) else c for c in cmd] + ["--resume"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "from the saved stream position" in again.stderr + again.stdout
+    resumed = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines() if '"train"' in x]
+    assert [r["step"] for r in resumed] == [3]
+    assert resumed[0]["loss"] == pytest.approx(train[2]["loss"], rel=1e-6, abs=1e-7)
+    a = load_file(str(ck / "model.safetensors"))
+    b = load_file(str(killed / "checkpoints" / "step_0000003" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
 
 
 def test_generate_writes_a_wav_whose_length_matches_its_frames(full_run, codec_dir, tmp_path):
