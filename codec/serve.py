@@ -19,28 +19,21 @@ keeps receiving (and decoding) requests while a batch computes.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Run as a file, Python puts codec/ first on sys.path; put the repository root there instead
-# so that `import codec` is this package (as codec/train.py does).
-if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import dataclasses  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-
-from ray import serve  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
-
-from codec.service import (  # noqa: E402
+from codec.service import (
     CodecRuntime,
     EncodeFailed,
     PayloadTooLarge,

@@ -11,13 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-# Run as a file, Python puts codec/ first on sys.path, where sibling modules could shadow packages;
-# put the repository root there instead so `import codec` is this package.
-if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from codec.config import CodecConfig  # noqa: E402
-from codec.trainer import CodecTrainer, TrainRunConfig  # noqa: E402
+from codec.config import CodecConfig
+from codec.trainer import CodecTrainer, TrainRunConfig
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -7,20 +7,15 @@ Writes a 24 kHz mono 16-bit wav, and prints a JSON line (frames, seconds, stoppe
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
-_HERE, _ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == _HERE:
-    sys.path[0] = str(_ROOT)
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from model.synthesis import SamplingConfig, Synthesizer  # noqa: E402
+from model.synthesis import SamplingConfig, Synthesizer
 
 
 class GenerationError(RuntimeError):

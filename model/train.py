@@ -9,21 +9,13 @@ See docs/model.md for every option, the logs and resuming.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import logging
 import sys
-from pathlib import Path
 
-# Run as a file, Python puts model/ first on sys.path; put the repository root there instead so
-# `import model...` works from a checkout and no file of model/ shadows a top-level module.
-_HERE, _ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == _HERE:
-    sys.path[0] = str(_ROOT)
-
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-
-from model.config import ConfigError, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from model.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 
 
 def parse_value(raw: str, current):

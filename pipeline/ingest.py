@@ -10,21 +10,12 @@ resumes: committed sources are skipped, an interrupted part is rolled back and r
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
 
-# Run as a file, Python puts pipeline/ first on sys.path; the repo root is what we want
-# (and pipeline/'s module names must not shadow top-level modules).
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = _REPO
-elif _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-
-from pipeline.config import ConfigError, IngestConfig, StageResources, _default_resources  # noqa: E402
+from pipeline.config import ConfigError, IngestConfig, StageResources, _default_resources
 
 STAGES = tuple(_default_resources())
 
