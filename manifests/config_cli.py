@@ -17,7 +17,7 @@ Rules (a field -> ``add_argument``):
   ``Literal[...]`` -> ``choices``; ``list[X]`` / ``tuple[X, ...]`` -> ``nargs="+"`` (or
   ``cli(action="append")``: one value per repeated flag);
 - ``bool`` -> a switch: ``--name`` (``store_true``) when the default is False, ``--no-name``
-  (``store_false``) when it is True;
+  (``store_false``, its help "do not <the field's help>") when it is True;
 - default from the field (``default`` or ``default_factory``); no default -> ``required``;
 - help from ``field(metadata={"help": ...})`` (``cli(...)`` writes that dict), with the default
   appended unless the text mentions it already;
@@ -103,6 +103,8 @@ def _argument(f: dataclasses.Field, tp: Any, help_override: str | None) -> tuple
         else:
             kw["action"] = "store_true"
         kw["default"] = default
+        if default and help_text:  # the field's help says what it does when on: --no-x turns it off
+            help_text = f"do not {help_text}"
         kw["help"] = help_text or None
         return [flag], kw
 
@@ -157,13 +159,16 @@ def _fields(cls: type, skip: Iterable[str]) -> list[tuple[dataclasses.Field, Any
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = (),
                          helps: Mapping[str, str] | None = None,
-                         groups: Mapping[str, str] | None = None) -> list[str]:
-    """Add one argument per field of dataclass ``cls`` to ``parser``; returns the field names added.
+                         groups: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Add one argument per field of dataclass ``cls`` to ``parser``; returns the argument groups
+    by name (to add more flags to a section).
 
     ``helps`` overrides help texts by field name; ``groups`` maps a group name (a field's
-    ``cli(group=...)``) to its title shown in ``--help``; groups appear in first-use order.
+    ``cli(group=...)``) to its title shown in ``--help``, in the order they appear in ``--help``
+    (groups it does not name follow, in the order fields first use them).
     """
-    added, made = [], {}
+    # the groups named in `groups` first, in that order; others as fields first use them
+    made = {g: parser.add_argument_group(title) for g, title in (groups or {}).items()}
     for f, tp in _fields(cls, skip):
         opts, kw = _argument(f, tp, (helps or {}).get(f.name))
         g = f.metadata.get("group")
@@ -173,8 +178,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: It
                 made[g] = parser.add_argument_group((groups or {}).get(g, g))
             target = made[g]
         target.add_argument(*opts, **kw)
-        added.append(f.name)
-    return added
+    return made
 
 
 def config_parser(cls: type, *, description: str | None = None, prog: str | None = None,

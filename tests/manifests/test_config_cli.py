@@ -56,7 +56,8 @@ def test_bool_switches_follow_the_default():
 def test_help_lists_flags_choices_and_defaults_and_skips_what_is_marked():
     text = config_parser(Demo, prog="demo").format_help()
     for s in ("--output", "--input", "--steps", "optimiser steps (default 1000)", "--max-gap", "--no-report",
-              "{auto,cpu,cuda}", "--resume", "continue from the newest checkpoint"):
+              "{auto,cpu,cuda}", "--resume", "continue from the newest checkpoint",
+              "do not rebuild the report at the end"):
         assert s in text, s
     assert "--secret" not in text and "--table" not in text
 
