@@ -140,7 +140,7 @@ def _argument(f: dataclasses.Field, tp: Any, help_override: str | None) -> tuple
     else:
         # `append` would add to a mutable default list: start from None and fill in after parsing
         kw["default"] = None if kw.get("action") == "append" else default
-        if default is not None and default != [] and "default" not in help_text:
+        if default not in (None, "", []) and "default" not in help_text:
             help_text = f"{help_text} (default %(default)s)" if help_text else "default %(default)s"
             if kw.get("action") == "append":
                 help_text = help_text.replace("%(default)s", repr(default))
