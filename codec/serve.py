@@ -50,7 +50,6 @@ from codec.service import (
 )
 
 log = logging.getLogger("codec.serve")
-REPO = Path(__file__).resolve().parents[1]
 
 ENCODE_FORMATS = {"application/json": "json", "application/x-npz": "npz", "application/npz": "npz",
                   "application/octet-stream": "npz"}
@@ -222,16 +221,9 @@ def build_app(args: dict):
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address``, or start a local Ray whose workers import this checkout."""
-    import ray
+    from manifests.run_record import start_ray
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-        return
-    path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    ray.init(num_cpus=num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(path)}})
+    start_ray(address, num_cpus=num_cpus)
 
 
 def start(configs: list[ServiceConfig], *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,

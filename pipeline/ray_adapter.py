@@ -79,18 +79,11 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str]):
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (``address`` or RAY_ADDRESS, as ``ray job submit`` sets) or start a local Ray."""
+    """Connect to a cluster (``address`` or RAY_ADDRESS, as ``ray job submit`` sets) or start a local
+    Ray (manifests.run_record.start_ray) whose workers see the driver's HF_HUB_OFFLINE."""
     import os
 
-    import ray
+    from manifests.run_record import start_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        pp = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": pp, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
+    start_ray(address, num_cpus=num_cpus or os.cpu_count(),
+              env_vars={"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")})
