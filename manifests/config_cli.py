@@ -199,6 +199,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, parser: argparse.Ar
     (usage + message on stderr, exit status 2) when a parser is given; else it propagates.
     """
     names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
     kw: dict[str, Any] = {}
     for name, value in vars(args).items():
         if name not in names:
@@ -207,6 +208,8 @@ def config_from_args(cls: type[T], args: argparse.Namespace, parser: argparse.Ar
             value = _default(names[name])  # no flag given: the field's own default list
             if value is _MISSING:
                 continue
+        if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[name])[0]) is tuple:
+            value = tuple(value)  # argparse collects lists
         kw[name] = value
     kw.update(extra or {})
     try:

@@ -75,3 +75,26 @@ def test_no_module_next_to_a_script_shadows_an_importable_module():
             if spec is not None and spec.origin != str(p):
                 offenders.append(f"{d}/{p.name} (shadows {spec.origin})")
     assert not offenders, offenders
+
+
+def test_the_built_command_lines_keep_every_flag_and_default():
+    """The flags of the four converted scripts as they were built by hand (captured before issue 13
+    in tests/cli_flags_before_issue13.json): each is still there, with its default, choices and nargs."""
+    import json
+
+    from codec.train import build_parser as codec_train
+    from model.generate import build_parser as generate
+    from model.train import build_parser as model_train
+    from pipeline.ingest import build_parser as ingest
+
+    before = json.loads((REPO / "tests" / "cli_flags_before_issue13.json").read_text())
+    parsers = {"pipeline/ingest.py": ingest(), "codec/train.py": codec_train(), "model/train.py": model_train(),
+               "model/generate.py": generate()}
+    for script, flags in before.items():
+        now = {o: a for a in parsers[script]._actions for o in a.option_strings}
+        for flag, was in flags.items():
+            assert flag in now, f"{script}: {flag} is gone"
+            a = now[flag]
+            got = {"default": a.default, "required": a.required, "choices": list(a.choices) if a.choices else None,
+                   "nargs": a.nargs}
+            assert got == was, (script, flag, got, was)

@@ -24,6 +24,7 @@ class Demo:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     shards: list[str] | None = field(default=None, metadata=cli("only these shards"))
     sizes: list[int] = field(default_factory=lambda: [1, 4], metadata=cli("batch sizes"))
+    betas: tuple[float, ...] = (0.9, 0.95)
     resume: bool = field(default=False, metadata=cli("continue from the newest checkpoint"))
     report: bool = field(default=True, metadata=cli("rebuild the report at the end"))
     secret: str | None = field(default=None, metadata=cli(skip=True))
@@ -37,13 +38,13 @@ class Demo:
 def test_types_defaults_and_flag_names():
     cfg = parse_config(Demo, ["--output", "o", "--input", "a", "--input", "b", "--steps", "5", "--lr", "0.1",
                               "--max-gap", "0.5", "--device", "cpu", "--shards", "000001", "000003",
-                              "--sizes", "2", "8"])
+                              "--sizes", "2", "8", "--betas", "0.8", "0.99"])
     assert cfg == Demo(output="o", inputs=["a", "b"], steps=5, lr=0.1, max_gap=0.5, device="cpu",
-                       shards=["000001", "000003"], sizes=[2, 8])
+                       shards=["000001", "000003"], sizes=[2, 8], betas=(0.8, 0.99))
     assert isinstance(cfg.steps, int) and isinstance(cfg.lr, float) and isinstance(cfg.sizes[0], int)
     d = parse_config(Demo, ["--output", "o", "--input", "a"])
-    assert (d.steps, d.lr, d.max_gap, d.device, d.shards, d.sizes, d.resume, d.report) == (
-        1000, 3e-4, None, "auto", None, [1, 4], False, True)
+    assert (d.steps, d.lr, d.max_gap, d.device, d.shards, d.sizes, d.betas, d.resume, d.report) == (
+        1000, 3e-4, None, "auto", None, [1, 4], (0.9, 0.95), False, True)
 
 
 def test_bool_switches_follow_the_default():
