@@ -91,6 +91,7 @@ def _argument(f: dataclasses.Field, tp: Any, help_override: str | None) -> tuple
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     kw: dict[str, Any] = {"dest": f.name}
     help_text = help_override if help_override is not None else meta.get("help", "")
+    help_text = help_text.replace("%", "%%")  # argparse %-formats help: a "10 %" must print as is
     tp, _optional = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
 

@@ -19,7 +19,7 @@ class Demo:
     output: str = field(metadata=cli("where the outputs go"))
     inputs: list[str] = field(metadata=cli("inputs", flag="--input", action="append"))
     steps: int = field(default=1000, metadata=cli("optimiser steps"))
-    lr: float = 3e-4
+    lr: float = field(default=3e-4, metadata=cli("peak rate; 10 % of it at the start"))
     max_gap: float | None = field(default=None, metadata=cli("s; default: any pause"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     shards: list[str] | None = field(default=None, metadata=cli("only these shards"))
@@ -58,7 +58,7 @@ def test_help_lists_flags_choices_and_defaults_and_skips_what_is_marked():
     text = config_parser(Demo, prog="demo").format_help()
     for s in ("--output", "--input", "--steps", "optimiser steps (default 1000)", "--max-gap", "--no-report",
               "{auto,cpu,cuda}", "--resume", "continue from the newest checkpoint",
-              "do not rebuild the report at the end"):
+              "do not rebuild the report at the end", "10 % of it at the start (default 0.0003)"):
         assert s in text, s
     assert "--secret" not in text and "--table" not in text
 
