@@ -155,7 +155,8 @@ class RunRecord:
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int | None = None,
               env_vars: Mapping[str, str] | None = None) -> None:
     """Connect to the Ray cluster at ``address`` (else ``$RAY_ADDRESS``, as ``ray job submit``
-    sets it), or start a local Ray; nothing when Ray is already initialised in this process.
+    sets it; ``auto`` finds a cluster started with ``ray start`` on this machine), or start a new
+    local Ray; nothing when Ray is already initialised in this process.
 
     A local Ray's workers get this checkout first on their PYTHONPATH, so that they import the
     same code as the driver (an editable install of another checkout would win otherwise), and
@@ -176,5 +177,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, object
     if object_store_mb:
         kw["object_store_memory"] = int(object_store_mb) * 1024 * 1024
     log.info("starting a local Ray (no address given, no RAY_ADDRESS)")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+    # address="local": a new Ray of our own. With None, Ray joins a cluster that `ray start` left
+    # running on this machine (someone else's, maybe), and then refuses num_cpus/object_store_memory.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": path, **(env_vars or {})}}, **kw)
