@@ -18,21 +18,18 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+import soxr
+
+from pipeline.evaluation import has_full_transcript, read_reference_text, wer
+from pipeline.segment import Segmenter, merge_for_asr
+from pipeline.transcribe import Transcriber
+
 REPO = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO)  # bench/ must not shadow the project's packages
-
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
-import soxr  # noqa: E402
-
-from pipeline.evaluation import has_full_transcript, read_reference_text, wer  # noqa: E402
-from pipeline.segment import Segmenter, merge_for_asr  # noqa: E402
-from pipeline.transcribe import Transcriber  # noqa: E402
 
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
 

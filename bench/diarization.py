@@ -37,11 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("VOXFORGE_SHARED", REPO.parent / "shared"))
+from pipeline.evaluation import annotation, der, load_rttm, load_uem, speaker_purity_consistency
 
-from pipeline.evaluation import annotation, der, load_rttm, load_uem, speaker_purity_consistency  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VOXFORGE_SHARED", REPO.parent / "shared"))
 
 
 def recordings() -> list[dict]:

@@ -46,11 +46,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a file, bench/ is sys.path[0]: swap it for the repo root (bench/codec.py would shadow codec/).
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO)
-elif str(REPO) not in sys.path:
-    sys.path.insert(1, str(REPO))
 
 # Targets the report compares against (issue 10).
 TOKENIZER_TARGET_S_PER_S = 3000.0  # voxtral codec, seconds of audio per second per H200
@@ -154,8 +149,7 @@ def _peak_gib(dev) -> float | None:
 
 
 def _load_script(name: str, path: Path):
-    """A script of the repository as a module (tokenize/ is no package; bench/codec.py is named like
-    the codec package, so it is loaded under another name)."""
+    """A script of the repository as a module (tokenize/ and bench/ are no packages)."""
     import importlib.util
 
     if name in sys.modules:
@@ -406,9 +400,9 @@ def part_tokenizer(a, res: PartResult) -> None:
         fig, speed_views[name] = tokenize(name, "speed", main_prec, 120.0, repeats[name])
         res[f"{name}_throughput"] = fig
         print(f"tokenizer {name}: {fig}", flush=True)
-    # The model alone: bench/codec.py's timing of codec.encode/decode on one fixed batch (bf16 autocast
+    # The model alone: bench/codec_inference.py's timing of codec.encode/decode on one fixed batch (bf16 autocast
     # on CUDA, inference mode, as the job), no reading, no writing, no pipelining.
-    bench_codec = _load_script("bench_codec", REPO / "bench" / "codec.py")
+    bench_codec = _load_script("bench_codec", REPO / "bench" / "codec_inference.py")
     for name in configs:
         codec = Codec.load(codecs[name], device=dev)
         batch, secs = (2, 5.0) if a.smoke else ((32, 10.0) if name == "voxtral" else (64, 10.0))
@@ -903,7 +897,7 @@ def targets(parts: dict) -> list[dict]:
             out.append({"what": "the same, time inside the job's encoder (reading, writing excluded; "
                                 "pipelined batches' spans overlap: a lower bound)",
                         "measured": tok["encoder_only"], "ratio": tok["encoder_only_ratio"]})
-        out.append({"what": "the same, the model alone (bench/codec.py: codec.encode, batch 32 x 10 s)",
+        out.append({"what": "the same, the model alone (bench/codec_inference.py: codec.encode, batch 32 x 10 s)",
                     "measured": tok["model_only"], "ratio": tok["model_only_ratio"]})
     mfu = parts.get("trainer", {}).get("mfu_target")
     if mfu:
@@ -925,8 +919,11 @@ def orchestrate(a) -> int:
     report = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "checkout": commit_of_checkout(),
               "mode": "smoke" if a.smoke else "full", "device": a.device, "budget_s": a.budget,
               "command": " ".join(sys.argv), "parts": {}}
+    # The part processes import the project as this one does; an absolute repository root on their
+    # PYTHONPATH keeps that true for a relative `PYTHONPATH=.` too (they run with cwd=REPO anyway).
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     wanted = a.parts or list(PART_NAMES)
     data = Path(a.data).resolve() if a.data else None
     try:
@@ -1029,6 +1026,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--part-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    try:
+        import manifests  # noqa: F401
+    except ImportError:
+        # no `pip install -e .` on a bare GPU image: the repository root goes on PYTHONPATH
+        ap.error("the project is not importable: run from the repository root as "
+                 "PYTHONPATH=. python3 bench/gpu_check.py ... (or pip install -e . first)")
     if a.device is None and not a.write_split:
         import torch
 

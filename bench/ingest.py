@@ -97,7 +97,6 @@ t0 = time.time()
 import whisperx
 from whisperx.diarize import assign_word_speakers
 import pandas as pd
-sys.path.insert(0, sys.argv[2])
 from pipeline.diarize import Diarizer
 from pipeline.transcribe import resolve_asr_model
 asr = whisperx.load_model(resolve_asr_model("tiny.en"), "cpu", compute_type="int8", language="en",
@@ -148,7 +147,7 @@ def main() -> None:
     print("  " + "\n  ".join(line for line in out.splitlines() if line.startswith(("hours", "segments", "wall", "stage"))))
     if args.skip_baseline:
         return
-    wall_b, peak_b, out_b = run([sys.executable, "-c", BASELINE, str(corpus), str(REPO)], env)
+    wall_b, peak_b, out_b = run([sys.executable, "-c", BASELINE, str(corpus)], env)  # cwd=REPO: `-c` puts it first on sys.path
     base = audio_s / wall_b
     print(f"baseline (sequential whisperx + pyannote): {wall_b:.1f} s wall, {base:.1f} s audio/s, "
           f"peak PSS {peak_b / 2**30:.2f} GiB")

@@ -47,7 +47,6 @@ import soundfile as sf
 import soxr
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
 MIB = 2**20
 PROGRESS = re.compile(r"\[ingest\] (\d+)/(\d+) sources")

@@ -25,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from manifests.report import ReportConfig, build_report  # noqa: E402
-from manifests.store import write_part  # noqa: E402
-from manifests.tokens import TokenSample, commit_token_shard  # noqa: E402
-from pipeline.config import IngestConfig  # noqa: E402
-from pipeline.quality import DROP_REASONS  # noqa: E402
+from manifests.report import ReportConfig, build_report
+from manifests.store import write_part
+from manifests.tokens import TokenSample, commit_token_shard
+from pipeline.config import IngestConfig
+from pipeline.quality import DROP_REASONS
 
 
 def make_output(out: Path, n_segments: int, n_parts: int, token_shards: int, seed: int = 0) -> None:

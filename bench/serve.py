@@ -29,23 +29,16 @@ import json
 import os
 import random
 import socket
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as a file, bench/ is sys.path[0]: swap it for the repo root (a sibling script must not
-# shadow a package of the project).
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO)
-else:
-    sys.path.insert(1, str(REPO))
-SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
+import numpy as np
 
-import numpy as np  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
 
 
 def pick_utterances(n: int, min_s: float = 2.0, max_s: float = 12.0, seed: int = 0) -> list[tuple[str, bytes]]:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:

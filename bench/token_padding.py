@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
-import soxr  # noqa: E402
-import torch  # noqa: E402
-
-from codec import Codec, CodecConfig  # noqa: E402
-from codec.batching import AudioBatch, EncoderConfig, TokenEncoder  # noqa: E402
+from codec import Codec, CodecConfig
+from codec.batching import AudioBatch, EncoderConfig, TokenEncoder
 
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", Path(__file__).resolve().parents[2] / "shared" / "speech"))
 FILES = ["mfa/tests/data/wav/mfa_the.flac", "mfa/tests/data/wav/mfa_putty.flac",

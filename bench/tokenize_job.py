@@ -36,16 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as a file, bench/ is sys.path[0]: swap it for the repo root, so that a sibling script
-# (bench/codec.py, bench/ingest.py...) cannot shadow a package of the project.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO)
-else:
-    sys.path.insert(1, str(REPO))
-SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
+import numpy as np
 
-import numpy as np  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
 
 
 def load_run():

@@ -22,19 +22,16 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from model.config import DataConfig, ModelConfig  # noqa: E402
-from model.flops import peak_tflops, step_flops  # noqa: E402
-from model.packing import Packer  # noqa: E402
-from model.sequence import Prompt, SequenceBuilder, TokenSample  # noqa: E402
-from model.text_tokenizer import ByteTokenizer  # noqa: E402
-from model.tts import TTSModel  # noqa: E402
+from model.config import DataConfig, ModelConfig
+from model.flops import peak_tflops, step_flops
+from model.packing import Packer
+from model.sequence import Prompt, SequenceBuilder, TokenSample
+from model.text_tokenizer import ByteTokenizer
+from model.tts import TTSModel
 
 
 def synthetic_batches(cfg: DataConfig, n: int, seed: int = 0):

@@ -69,7 +69,7 @@ class SlidingWindowAttention(nn.Module):
     Two kernels compute the same thing. On CUDA, ``F.scaled_dot_product_attention`` (fused, never
     stores the scores). Elsewhere, plain matmuls with a broadcast [H, 1, W, 2W] bias: on CPU, SDPA with
     a float mask takes its unfused path and adds masking checks and a full [H * nb, W, 2W] mask, which
-    made it 2x slower than the matmuls (bench/codec.py). ``use_sdpa`` forces one (tests compare them).
+    made it 2x slower than the matmuls (bench/codec_inference.py). ``use_sdpa`` forces one (tests compare them).
     """
 
     def __init__(self, dim: int, head_dim: int, window: int) -> None:

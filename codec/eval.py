@@ -23,17 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import soxr
+import torch
 
-import numpy as np  # noqa: E402
-import soxr  # noqa: E402
-import torch  # noqa: E402
-
-from codec.audio_stream import AUDIO_EXTENSIONS, read_audio_bytes  # noqa: E402
-from codec.losses import mel_distance, stft_distance  # noqa: E402
-from codec.speech_codec import Codec  # noqa: E402
-from codec.vq import VectorQuantizer  # noqa: E402
+from codec.audio_stream import AUDIO_EXTENSIONS, read_audio_bytes
+from codec.losses import mel_distance, stft_distance
+from codec.speech_codec import Codec
+from codec.vq import VectorQuantizer
 
 log = logging.getLogger("codec.eval")
 

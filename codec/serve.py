@@ -19,28 +19,21 @@ keeps receiving (and decoding) requests while a batch computes.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Run as a file, Python puts codec/ first on sys.path; put the repository root there instead
-# so that `import codec` is this package (as codec/train.py does).
-if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import dataclasses  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-
-from ray import serve  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
-
-from codec.service import (  # noqa: E402
+from codec.service import (
     CodecRuntime,
     EncodeFailed,
     PayloadTooLarge,
@@ -57,7 +50,6 @@ from codec.service import (  # noqa: E402
 )
 
 log = logging.getLogger("codec.serve")
-REPO = Path(__file__).resolve().parents[1]
 
 ENCODE_FORMATS = {"application/json": "json", "application/x-npz": "npz", "application/npz": "npz",
                   "application/octet-stream": "npz"}
@@ -229,16 +221,9 @@ def build_app(args: dict):
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address``, or start a local Ray whose workers import this checkout."""
-    import ray
+    from manifests.run_record import start_ray
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-        return
-    path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    ray.init(num_cpus=num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(path)}})
+    start_ray(address, num_cpus=num_cpus)
 
 
 def start(configs: list[ServiceConfig], *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,

@@ -11,13 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-# Run as a file, Python puts codec/ first on sys.path, where sibling modules could shadow packages;
-# put the repository root there instead so `import codec` is this package.
-if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from codec.config import CodecConfig  # noqa: E402
-from codec.trainer import CodecTrainer, TrainRunConfig  # noqa: E402
+from codec.config import CodecConfig
+from codec.trainer import CodecTrainer, TrainRunConfig
+from manifests.config_cli import config_from_args, config_parser
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -25,7 +21,7 @@ def parse_overrides(items: list[str]) -> dict:
     out = {}
     for it in items:
         if "=" not in it:
-            raise SystemExit(f"--set {it!r}: expected key=value, e.g. --set lr=1e-4")
+            raise ValueError(f"--set {it!r}: expected key=value, e.g. --set lr=1e-4")
         k, v = it.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -34,44 +30,30 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description="Train the 12.5 Hz VQ+FSQ speech codec on audio shards or audio files."
-    )
-    p.add_argument(
-        "--shards", required=True, help="folder of WebDataset audio shards (*.tar) or of audio files"
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """TrainRunConfig's fields as flags, and the model's: a preset or config.json, with overrides."""
+    p = config_parser(TrainRunConfig, description=__doc__)
     p.add_argument("--config", default="tiny", help="preset: tiny | voxtral, or a config.json path")
-    p.add_argument("--output", required=True, help="checkpoint directory (created)")
-    p.add_argument("--steps", type=int, default=1000, help="train until this global step (default 1000)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--keep", type=int, default=2, help="step checkpoints to keep (default 2)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a CodecConfig field"
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
+    run = config_from_args(TrainRunConfig, a, p)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = parse_overrides(a.set)
-    if a.config.endswith(".json"):
-        d = json.loads(Path(a.config).read_text())
-        cfg = CodecConfig.from_dict({**d.get("config", d), **overrides})
-    else:
-        cfg = CodecConfig.from_name(a.config, **overrides)
-    run = TrainRunConfig(
-        shards=a.shards,
-        output=a.output,
-        steps=a.steps,
-        log_every=a.log_every,
-        save_every=a.save_every,
-        keep=a.keep,
-        resume=a.resume,
-        device=a.device,
-        threads=a.threads,
-    )
+    try:
+        overrides = parse_overrides(a.set)
+        if a.config.endswith(".json"):
+            d = json.loads(Path(a.config).read_text())
+            cfg = CodecConfig.from_dict({**d.get("config", d), **overrides})
+        else:
+            cfg = CodecConfig.from_name(a.config, **overrides)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        p.error(f"--config {a.config} / --set: {e}")  # exits (status 2)
     CodecTrainer(cfg, run).fit()
     # leave the process group before exit (torchrun): gloo's threads torn down at interpreter exit
     # can abort a rank after its work is done

@@ -14,8 +14,9 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,23 +33,25 @@ from codec.losses import MultiScaleMelLoss, distill_loss
 from codec.speech_codec import Codec
 from codec.vq import VectorQuantizer
 from manifests import checkpoint
+from manifests.config_cli import cli
 
 log = logging.getLogger("codec.train")
 
 
 @dataclass
 class TrainRunConfig:
-    """Options of one training run (the model's own numbers are in CodecConfig)."""
+    """Options of one training run (the model's own numbers are in CodecConfig); each field is a
+    flag of codec/train.py (manifests.config_cli)."""
 
-    shards: str  # folder of *.tar audio shards, or of audio files
-    output: str  # checkpoint directory
-    steps: int = 1000  # train until this global step
+    shards: str = field(metadata=cli("folder of WebDataset audio shards (*.tar) or of audio files"))
+    output: str = field(metadata=cli("checkpoint directory (created)"))
+    steps: int = field(default=1000, metadata=cli("train until this global step"))
     log_every: int = 10
     save_every: int = 500
-    keep: int = 2  # step checkpoints kept
-    resume: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    keep: int = field(default=2, metadata=cli("step checkpoints to keep"))
+    resume: bool = field(default=False, metadata=cli("continue from the newest checkpoint in --output"))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=cli("torch CPU threads (0 = torch default)"))
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.log_every < 1 or self.save_every < 1 or self.keep < 1:

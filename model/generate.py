@@ -7,20 +7,17 @@ Writes a 24 kHz mono 16-bit wav, and prints a JSON line (frames, seconds, stoppe
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-_HERE, _ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == _HERE:
-    sys.path[0] = str(_ROOT)
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from model.synthesis import SamplingConfig, Synthesizer  # noqa: E402
+from manifests.config_cli import cli, config_from_args, config_parser
+from model.synthesis import SamplingConfig, Synthesizer
 
 
 class GenerationError(RuntimeError):
@@ -43,7 +40,7 @@ def load_prompt_wav(path: str | Path, sample_rate: int, max_seconds: float) -> t
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None, None]
 
 
-def synthesize(args: argparse.Namespace) -> dict:
+def synthesize(args: GenerateConfig | argparse.Namespace) -> dict:
     from codec import Codec
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,38 +95,50 @@ def synthesize(args: argparse.Namespace) -> dict:
     }
 
 
+@dataclass(kw_only=True)  # kw_only: required --output comes after optional flags, as in --help
+class GenerateConfig:
+    """The options of this command, one flag per field (manifests.config_cli). Seconds are of
+    24 kHz output audio; they become frames at the codec's frame rate (12.5 Hz)."""
+
+    checkpoint: str = field(metadata=cli("run directory (newest checkpoint) or checkpoints/step_N"))
+    codec: str = field(metadata=cli("codec checkpoint directory (Codec.load)"))
+    text: str = field(metadata=cli("the text to speak"))
+    prompt: str = field(default="", metadata=cli(
+        "voice prompt audio (any rate/channels; 3-25 s is what training saw)"))
+    prompt_max_seconds: float = field(default=25.0, metadata=cli("use at most this much of the prompt"))
+    output: str = field(metadata=cli("output .wav (24 kHz mono PCM16)"))
+    temperature: float = 0.8
+    top_k: int = field(default=0, metadata=cli("0 = off"))
+    top_p: float = field(default=0.95, metadata=cli("1.0 = off"))
+    flow_steps: int = field(default=8, metadata=cli("Euler steps of the acoustic flow"))
+    cfg: float = field(default=1.2, metadata=cli("classifier-free guidance scale of the acoustic head"))
+    max_seconds: float = field(default=30.0, metadata=cli("length bound when end-of-audio never comes"))
+    min_seconds: float = field(default=0.0, metadata=cli("end-of-audio is not allowed before this"))
+    seed: int = 0
+    device: str = field(default="auto", metadata=cli("auto (cuda if present), cpu, cuda:N"))
+    save_tokens: bool = field(default=False, metadata=cli("also write <output>.tokens.npz"))
+    allow_codec_mismatch: bool = field(default=False, metadata=cli(
+        "use a codec other than the one the model was trained on"))
+
+    def __post_init__(self):
+        if not self.max_seconds > 0 or not 0 <= self.min_seconds <= self.max_seconds:
+            raise ValueError(f"need 0 <= --min-seconds <= --max-seconds and --max-seconds > 0, got "
+                             f"{self.min_seconds}, {self.max_seconds}")
+        if not self.prompt_max_seconds > 0:
+            raise ValueError(f"--prompt-max-seconds must be > 0, got {self.prompt_max_seconds}")
+        # the sampling knobs are checked where they are used (the frame counts need the codec)
+        SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                       flow_steps=self.flow_steps, cfg_scale=self.cfg, seed=self.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoints/step_N"
-    )
-    p.add_argument("--codec", required=True, help="codec checkpoint directory (Codec.load)")
-    p.add_argument("--text", required=True)
-    p.add_argument(
-        "--prompt", default="", help="voice prompt audio (any rate/channels; 3-25 s is what training saw)"
-    )
-    p.add_argument("--prompt-max-seconds", type=float, default=25.0)
-    p.add_argument("--output", required=True, help="output .wav (24 kHz mono PCM16)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--flow-steps", type=int, default=8, help="Euler steps of the acoustic flow")
-    p.add_argument(
-        "--cfg", type=float, default=1.2, help="classifier-free guidance scale of the acoustic head"
-    )
-    p.add_argument(
-        "--max-seconds", type=float, default=30.0, help="length bound when end-of-audio never comes"
-    )
-    p.add_argument("--min-seconds", type=float, default=0.0, help="end-of-audio is not allowed before this")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--save-tokens", action="store_true", help="also write <output>.tokens.npz")
-    p.add_argument("--allow-codec-mismatch", action="store_true")
-    return p
+    return config_parser(GenerateConfig, description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(json.dumps(synthesize(build_parser().parse_args(argv))))
+    parser = build_parser()
+    cfg = config_from_args(GenerateConfig, parser.parse_args(argv), parser)
+    print(json.dumps(synthesize(cfg)))
     return 0
 
 

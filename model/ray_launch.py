@@ -11,6 +11,7 @@ to ``--output`` (it must be on storage every worker can reach), resume works the
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -53,26 +54,32 @@ def _worker(config: dict[str, Any]) -> None:
     ray.train.report({k: v for k, v in last.items() if isinstance(v, int | float)})
 
 
+# recorded in the runs row, besides manifests.run_record.CORE_PACKAGES
+PACKAGES = ("transformers", "safetensors")
+
+
 def launch_with_ray(spec, num_workers: int, use_gpu: bool, address: str | None = None) -> dict[str, Any]:
-    import ray
+    """Train on ``num_workers`` Ray Train workers; the run is recorded in
+    ``<output>/manifests/runs/train-<run_id>.parquet`` (manifests.run_record) with its last train log."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
-    out = Path(spec.output).resolve()
-    trainer = TorchTrainer(
-        train_loop_per_worker=_worker,
-        train_loop_config={"spec": spec_to_dict(spec)},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=out.name, storage_path=str(out.parent / "ray_results")),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise RuntimeError(f"Ray Train run {out} failed: {result.error}")
-    import json
+    from manifests.run_record import RunRecord, start_ray
 
-    log = out / "log.jsonl"
-    records = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    last = next((r for r in reversed(records) if r.get("kind") == "train"), {})
-    return {"output": str(out), "last_train_log": last}
+    out = Path(spec.output).resolve()
+    with RunRecord(out, "train", spec_to_dict(spec), packages=PACKAGES) as run:
+        start_ray(address)
+        trainer = TorchTrainer(
+            train_loop_per_worker=_worker,
+            train_loop_config={"spec": spec_to_dict(spec)},
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+            run_config=RunConfig(name=out.name, storage_path=str(out.parent / "ray_results")),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise RuntimeError(f"Ray Train run {out} failed: {result.error}")
+        log = out / "log.jsonl"
+        records = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        last = next((r for r in reversed(records) if r.get("kind") == "train"), {})
+        run.summary = {"workers": num_workers, "gpu": use_gpu, "last_train_log": last}
+    return {"output": str(out), "run_id": run.run_id, "last_train_log": last}

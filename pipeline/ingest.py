@@ -10,21 +10,13 @@ resumes: committed sources are skipped, an interrupted part is rolled back and r
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
 
-# Run as a file, Python puts pipeline/ first on sys.path; the repo root is what we want
-# (and pipeline/'s module names must not shadow top-level modules).
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path[0] = _REPO
-elif _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-
-from pipeline.config import ConfigError, IngestConfig, StageResources, _default_resources  # noqa: E402
+from manifests.config_cli import HelpFormatter, add_config_arguments, config_from_args
+from pipeline.config import CLI_GROUPS, ConfigError, IngestConfig, StageResources, _default_resources
 
 STAGES = tuple(_default_resources())
 
@@ -41,76 +33,11 @@ def _stage_values(items: list[str], flag: str, cast) -> dict:
     return out
 
 
-def parse_args(argv=None) -> IngestConfig:
-    d = IngestConfig(inputs=["x"], output="x")  # defaults, for the help texts
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_argument_group("input/output")
-    g.add_argument("--input", action="append", required=True, metavar="PATH_OR_URI",
-                   help="directory (recursive), glob, .txt/.parquet list of files, or fsspec URI; repeatable")
-    g.add_argument("--output", required=True, help="output directory (shards/ and manifests/)")
-    g.add_argument("--limit", type=int, default=None, help="process at most N new sources")
-    g.add_argument("--no-report", dest="report", action="store_false",
-                   help="do not rebuild OUT/report.html at the end (python -m manifests report OUT does)")
-    g = ap.add_argument_group("segmentation")
-    g.add_argument("--vad", choices=["pyannote", "silero"], default=d.vad)
-    g.add_argument("--vad-model", default=None, help="pyannote segmentation checkpoint (default: whisperx's bundled model)")
-    g.add_argument("--vad-onset", type=float, default=d.vad_onset)
-    g.add_argument("--vad-offset", type=float, default=d.vad_offset)
-    g.add_argument("--segmentation-step", type=float, default=d.segmentation_step,
-                   help="step between 5 s segmentation windows, as a fraction of the window (default %(default)s)")
-    g.add_argument("--min-duration", type=float, default=d.min_duration, help="s (default %(default)s)")
-    g.add_argument("--max-duration", type=float, default=d.max_duration, help="s, <= 30 (default %(default)s)")
-    g.add_argument("--max-pause", type=float, default=d.max_pause, help="pause (s) that ends an utterance")
-    g.add_argument("--edge-pad", type=float, default=d.edge_pad, help="s of context around the words")
-    g = ap.add_argument_group("transcription")
-    g.add_argument("--asr-model", default=d.asr_model, help="faster-whisper name or path (default: tiny.en, bundled)")
-    g.add_argument("--asr-compute-type", default=d.asr_compute_type)
-    g.add_argument("--asr-device", default=d.asr_device, choices=["auto", "cpu", "cuda"])
-    g.add_argument("--asr-batch-size", type=int, default=d.asr_batch_size)
-    g.add_argument("--asr-beam-size", type=int, default=d.asr_beam_size)
-    g.add_argument("--asr-mode", choices=["batched", "sequential"], default=d.asr_mode,
-                   help="batched (WhisperX's batched pipeline) or sequential (timestamp tokens, more "
-                        "accurate on long-form speech, no batching) (default %(default)s)")
-    g.add_argument("--asr-window", type=float, default=d.asr_window,
-                   help="s of speech packed into one Whisper window, <= 30 (default %(default)s)")
-    g.add_argument("--asr-max-gap", type=float, default=d.asr_max_gap,
-                   help="pack VAD regions only across pauses shorter than this (s; default: any pause)")
-    g.add_argument("--asr-sources-per-call", type=int, default=None,
-                   help="sources whose windows share Whisper batches (default: --asr-batch-size on GPU, 1 on CPU)")
-    g.add_argument("--language", default=None, help="force a language (default: detect per source)")
-    g.add_argument("--align-model", default=None, help="whisperx alignment model (needs a hub or local copy)")
-    g = ap.add_argument_group("diarization")
-    g.add_argument("--diarization", default=d.diarization,
-                   help="offline | none | a pyannote pipeline name or path (default %(default)s)")
-    g.add_argument("--num-speakers", type=int, default=None, help="speakers per source, when known")
-    g.add_argument("--min-speakers", type=int, default=None, help="at least this many speakers per source")
-    g.add_argument("--max-speakers", type=int, default=None,
-                   help="at most this many speakers per source (default: 10 searched)")
-    g.add_argument("--clustering", choices=["silhouette", "threshold"], default=d.clustering,
-                   help="offline diarizer: choose the speaker count per source by silhouette, or cut at "
-                        "--cluster-threshold (default %(default)s)")
-    g.add_argument("--min-silhouette", type=float, default=d.min_silhouette,
-                   help="below this best silhouette a source has one speaker (default %(default)s)")
-    g.add_argument("--cluster-threshold", type=float, default=d.cluster_threshold,
-                   help="cosine distance, with --clustering threshold (default %(default)s)")
-    g.add_argument("--min-speaker-purity", type=float, default=d.min_speaker_purity,
-                   help="drop a segment as mixed_speakers below this share of its own speaker's "
-                        "diarized speech (default %(default)s)")
-    g.add_argument("--keep-overlap", action="store_true", help="keep segments with overlapped speech")
-    g.add_argument("--overlap-threshold", type=float, default=d.overlap_threshold,
-                   help="second-speaker activation of the segmentation model that marks overlapped "
-                        "speech (default %(default)s)")
-    g = ap.add_argument_group("filters")
-    for name in ("min_avg_logprob", "max_no_speech_prob", "max_compression_ratio", "min_speech_rate",
-                 "max_speech_rate", "max_clipping_ratio", "min_snr_db", "min_source_duration", "silence_dbfs"):
-        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
-                       help="default %(default)s")
-    g = ap.add_argument_group("shards")
-    g.add_argument("--shard-max-bytes", type=int, default=d.shard_max_bytes)
-    g.add_argument("--shard-max-samples", type=int, default=d.shard_max_samples)
-    g = ap.add_argument_group("cluster and resources")
-    g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="pyannote models' device")
+def build_parser() -> argparse.ArgumentParser:
+    """IngestConfig's fields as flags (pipeline/config.py holds their help and defaults), and the
+    per-stage resource flags, which fill ``IngestConfig.resources``."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    g = add_config_arguments(ap, IngestConfig, groups=CLI_GROUPS)["cluster"]
     g.add_argument("--cpus", action="append", metavar="STAGE=N", help=f"CPUs per task/actor; stages: {', '.join(STAGES)}")
     g.add_argument("--gpus", action="append", metavar="STAGE=N", help="GPUs per actor (e.g. transcribe=1)")
     g.add_argument("--concurrency", action="append", metavar="STAGE=N", help="actors / parallel tasks of a stage")
@@ -118,35 +45,29 @@ def parse_args(argv=None) -> IngestConfig:
     g.add_argument("--memory", action="append", metavar="STAGE=MiB",
                    help="RAM one actor of a stage declares to Ray (default: its measured peak, pipeline/config.py); "
                         "Ray starts no more actors than the node's memory holds; 0: none declared")
-    g = ap.add_argument_group("faults (README: Faults and retries)")
-    g.add_argument("--max-task-retries", type=int, default=d.max_task_retries,
-                   help="resubmit a batch whose stage actor died this many times (default %(default)s)")
-    g.add_argument("--max-restarts", type=int, default=d.max_restarts,
-                   help="restarts of a stage actor whose process died; -1: always (default %(default)s)")
-    g.add_argument("--max-errored-blocks", type=int, default=d.max_errored_blocks,
-                   help="batches still without a result after the retries that Ray Data may drop (their "
-                        "sources end failed: actor_died); -1: any number, 0: end the run (default %(default)s)")
-    a = ap.parse_args(argv)
+    return ap
 
-    res = {k: StageResources(**vars(v)) for k, v in _default_resources().items()}
-    for flag, attr, cast in (("--cpus", "num_cpus", float), ("--gpus", "num_gpus", float),
-                             ("--concurrency", "concurrency", int), ("--threads", "threads", int),
-                             ("--memory", "memory_mib", float)):
-        for k, v in _stage_values(getattr(a, flag[2:]), flag, cast).items():
-            setattr(res[k], attr, v)
-    kw = {k: v for k, v in vars(a).items()
-          if k not in ("input", "cpus", "gpus", "concurrency", "threads", "memory", "address")}
-    return IngestConfig(inputs=a.input, ray_address=a.address, resources=res, **kw)
+
+def parse_args(argv=None) -> IngestConfig:
+    """argv -> the validated IngestConfig; a bad value exits with status 2 and the message."""
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        res = {k: StageResources(**vars(v)) for k, v in _default_resources().items()}
+        for flag, attr, cast in (("--cpus", "num_cpus", float), ("--gpus", "num_gpus", float),
+                                 ("--concurrency", "concurrency", int), ("--threads", "threads", int),
+                                 ("--memory", "memory_mib", float)):
+            for k, v in _stage_values(getattr(a, flag[2:]), flag, cast).items():
+                setattr(res[k], attr, v)
+    except (ConfigError, ValueError) as e:
+        ap.error(str(e))
+    return config_from_args(IngestConfig, a, ap, extra={"resources": res})
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        cfg = parse_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = parse_args(argv)
     from manifests.locks import JobLocked
     from pipeline.discover import InputError
     from pipeline.job import format_summary, run_ingest

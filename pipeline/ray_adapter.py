@@ -174,28 +174,12 @@ def quiet_ray_data() -> None:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (``address`` or RAY_ADDRESS, as ``ray job submit`` sets) or start a local Ray."""
+    """Connect to a cluster (``address`` or RAY_ADDRESS, as ``ray job submit`` sets) or start a local
+    Ray (manifests.run_record.start_ray) whose workers see the driver's HF_HUB_OFFLINE."""
     import os
 
-    import ray
+    from manifests.run_record import start_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # the test fault hooks (pipeline.stages._stage_fault) reach a cluster's workers only this
-        # way: they are started by the cluster's raylets, not from this process's environment
-        hooks = {k: v for k, v in os.environ.items() if k.startswith("VOXFORGE_STAGE_FAULT")}
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING,
-                 **({"runtime_env": {"env_vars": hooks}} if hooks else {}))
-    else:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        pp = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
-        # address="local": a Ray of our own. Without an address Ray joins whatever instance on this
-        # machine last wrote /tmp/ray/ray_current_cluster (another user's ingest, a `ray start`),
-        # and then refuses num_cpus ("When connecting to an existing cluster, num_cpus ... must not
-        # be provided"). logging_level: Ray's own INFO lines ("Started a local Ray instance") off
-        # the console.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 logging_level=logging.WARNING,
-                 runtime_env={"env_vars": {"PYTHONPATH": pp, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
+    # VOXFORGE_STAGE_FAULT*: the test fault hooks (pipeline.stages._stage_fault) on a cluster's workers
+    start_ray(address, num_cpus=num_cpus or os.cpu_count(),
+              env_vars={"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}, hook_prefix="VOXFORGE_STAGE_FAULT")

@@ -152,7 +152,7 @@ def test_acoustic_float_round_trip(codec):
 
 
 def test_bf16_autocast_encode_runs(codec):
-    # On CPU this checks the dtype plumbing of the GPU path (the GPU run is in bench/codec.py).
+    # On CPU this checks the dtype plumbing of the GPU path (the GPU run is in bench/codec_inference.py).
     wav = torch.randn(2, 1, 5000) * 0.1
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         sem, ac = codec.encode(wav)

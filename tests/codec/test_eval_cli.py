@@ -1,4 +1,4 @@
-"""codec/eval.py and the command lines of train.py / eval.py / bench/codec.py."""
+"""codec/eval.py and the command lines of train.py / eval.py / bench/codec_inference.py."""
 
 import math
 import os
@@ -60,6 +60,6 @@ def test_command_lines(tmp_path, audio_files_dir):
     r = _run_script(["codec/eval.py", "--codec", str(out), "--audio", str(audio_files_dir / "utt0.wav"), "--no-asr"],
                     env)
     assert "| pesq_wb |" in r.stdout and "| bitrate_bps | 2139 |" in r.stdout
-    r = _run_script(["bench/codec.py", "--configs", "tiny", "--batch-sizes", "1", "--seconds", "1", "--repeats", "1",
+    r = _run_script(["bench/codec_inference.py", "--configs", "tiny", "--batch-sizes", "1", "--seconds", "1", "--repeats", "1",
                      "--device", "cpu"], env)
     assert "| tiny | 4.0M | cpu | 1 |" in r.stdout

@@ -268,6 +268,13 @@ def test_ray_train_two_workers(token_dir, tmp_path):
     assert result["last_train_log"]["step"] == 2
     state = json.loads((out / "checkpoints" / "step_0000002" / "state.json").read_text())
     assert state["world_size"] == 2
+    # recorded as the data jobs are (manifests/run_record.py)
+    from manifests.store import read_table
+
+    [row] = read_table(out, "runs").to_pylist()
+    stats = json.loads(row["stats"])
+    assert row["run_id"] == result["run_id"] and row["job"] == "train" and row["finished"] is not None
+    assert stats["status"] == "ok" and stats["last_train_log"]["step"] == 2 and stats["workers"] == 2
 
 
 def test_codec_id_comes_from_the_samples_not_the_folder_name(token_dir, codec_dir, tmp_path):

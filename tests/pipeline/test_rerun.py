@@ -4,6 +4,7 @@ downloaded again to be skipped, and two ingests on one output are refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -91,6 +92,9 @@ def test_rerun_retries_failed_sources_and_records_later_copies(tmp_path, speech_
     stats = run_ingest(IngestConfig(inputs=[str(corpus), str(tmp_path / "special.txt")], output=str(out),
                                     vad="silero", diarization="none"))
     assert stats["sources_total"] == 0 and stats["sources"] == {}
+    # each run's row (manifests/run_record.py): ended, ok, with its summary
+    runs = [json.loads(r["stats"]) for r in read_table(out, "runs").to_pylist() if r["finished"] is not None]
+    assert len(runs) == 3 and all(r["status"] == "ok" and "sources_total" in r for r in runs)
 
 
 def test_remote_inputs_are_not_downloaded_again_to_be_skipped(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """Codec speed: encode and decode throughput (seconds of audio per second) per config, device and batch.
 
-    python bench/codec.py                                   # tiny + voxtral on CPU (and GPU if present)
-    python bench/codec.py --configs tiny --batch-sizes 1 8 --seconds 10 --device cpu --threads 2
-    python bench/codec.py --codec CKPT_DIR                  # a trained checkpoint instead of presets
+    python bench/codec_inference.py                                   # tiny + voxtral on CPU (and GPU if present)
+    python bench/codec_inference.py --configs tiny --batch-sizes 1 8 --seconds 10 --device cpu --threads 2
+    python bench/codec_inference.py --codec CKPT_DIR                  # a trained checkpoint instead of presets
 
 Weights are random (speed does not depend on them). Each figure is the best of --repeats timed runs
 after one warm-up run. GPU runs use bf16 autocast and torch.inference_mode, as tokenize/ does.
@@ -13,16 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-# This file is bench/codec.py: run as a script, bench/ is first on sys.path and `import codec` would
-# import this very file. Put the repository root there instead.
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from codec import Codec, CodecConfig  # noqa: E402
+from codec import Codec, CodecConfig
 
 
 def _sync(device: torch.device) -> None:
