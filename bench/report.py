@@ -28,8 +28,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests.report import ReportConfig, build_report  # noqa: E402
+from manifests.shards import TokenSample  # noqa: E402
 from manifests.store import write_part  # noqa: E402
-from manifests.tokens import TokenSample, commit_token_shard  # noqa: E402
+from manifests.tokens import commit_token_shard  # noqa: E402
 from pipeline.config import IngestConfig  # noqa: E402
 from pipeline.quality import DROP_REASONS  # noqa: E402
 

@@ -24,7 +24,7 @@ import soxr  # noqa: E402
 import torch  # noqa: E402
 
 from codec import Codec, CodecConfig  # noqa: E402
-from codec.batching import AudioBatch, EncoderConfig, TokenEncoder  # noqa: E402
+from codec.token_encoder import AudioBatch, EncoderConfig, TokenEncoder  # noqa: E402
 
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", Path(__file__).resolve().parents[2] / "shared" / "speech"))
 FILES = ["mfa/tests/data/wav/mfa_the.flac", "mfa/tests/data/wav/mfa_putty.flac",

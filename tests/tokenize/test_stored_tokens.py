@@ -29,7 +29,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stored_tokens"
 SHARD = FIXTURE / "audio" / "000000.tar"

@@ -1,172 +1,49 @@
-"""Batched codec inference over audio shards: read, length-bucket, encode.
+"""TokenEncoder: one codec on one device, encoding batches of utterances into DESIGN §6 tokens.
 
-The parts of the tokenize job (``tokenize/run.py``) that do not depend on Ray, so that
-they run in a unit test, in a benchmark, or inside a Ray Data actor unchanged:
+Codec inference for the tokenize job (``tokenize/run.py``, inside a Ray Data actor) and for the
+codec service (``codec/service.py``); it runs the same in a unit test or a benchmark.
 
-- :func:`plan_batches`: length bucketing. Utterances of one shard are sorted by
-  length and cut into batches whose *padded* size stays under a budget in seconds,
-  so little compute is spent on padding.
-- :class:`AudioShardReader`: reads an audio shard (DESIGN.md §4, WebDataset tar of
-  ``<key>.flac`` + ``<key>.json``) in two passes: an index pass (headers and JSON
-  only, nothing decoded) to know every utterance's length, then one decode pass per
-  batch, so a reader holds one batch of PCM at a time, not a whole shard.
-- :class:`TokenEncoder`: one codec on one device (CPU or a GPU); encodes
-  :class:`AudioBatch` es into :class:`TokenBatch` es. On CUDA: bf16 autocast,
-  ``torch.inference_mode``, pinned host buffers, host-to-device copies on a side
-  stream overlapped with the previous batch's compute, device-to-host copies
-  overlapped with the next batch's compute.
-- :func:`read_stage` / :class:`EncodeStage`: the same, as callables from one Arrow
-  table to another, which is what Ray Data's ``map_batches`` calls (the adapter
-  needs no Ray import; ``tokenize/run.py`` wires them).
+- :class:`AudioBatch` in: int16 PCM at the codec rate, one array per utterance, with the keys,
+  positions and JSON of the samples it came from (``codec.tokenizing`` makes them from shards).
+- :class:`TokenBatch` out: per utterance ``semantic`` int16 ``[T_i]`` and ``acoustic`` uint8
+  ``[T_i, 36]``, trimmed to ``T_i = ceil(N_i / 1920)`` frames.
+- On CUDA: bf16 autocast, ``torch.inference_mode``, pinned host buffers, host-to-device copies on
+  a side stream overlapped with the previous batch's compute, device-to-host copies overlapped with
+  the next batch's compute. On CPU: fp32, one batch after the other.
 
-A sample that cannot be used (missing member, unreadable FLAC, wrong rate or
-channels, a batch the codec fails on even alone) becomes a :class:`SampleFailure`
-carried along with its batch, never an exception that stops the shard.
+A batch the codec fails on is retried item by item; an item that still fails becomes a
+:class:`SampleFailure`, never an exception that stops the shard. Tokens that break the spec
+(shape, range) raise :class:`CodecContractError`: that is a codec bug, not bad input.
 
-Units: lengths in samples at the codec rate (24 000 Hz), frames at 12.5 Hz
-(1920 samples), durations in seconds.
+Units: lengths in samples at 24 000 Hz, frames at 12.5 Hz (1920 samples), durations in seconds.
+No torch import at module level: the batch types travel through processes that never encode.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from manifests.shards import ACOUSTIC_DIM, ACOUSTIC_LEVELS, SEMANTIC_CODEBOOK_SIZE, n_frames
+
 log = logging.getLogger(__name__)
 
-SEMANTIC_CODEBOOK_SIZE = 8192  # DESIGN §6/§7: semantic indices 0..8191 (stored int16)
-ACOUSTIC_DIMS = 36  # FSQ dims
-ACOUSTIC_LEVELS = 21  # FSQ levels: indices 0..20 (stored uint8)
 
-
-class BatchingError(Exception):
+class TokenEncoderError(Exception):
     """Base class of the errors of this module."""
 
 
-class ShardReadError(BatchingError):
-    """A whole audio shard cannot be read (missing file, not a tar)."""
-
-    def __init__(self, path: str | os.PathLike, detail: str):
-        self.path = str(path)
-        super().__init__(f"cannot read audio shard {path}: {detail}")
-
-
-class CodecContractError(BatchingError):
+class CodecContractError(TokenEncoderError):
     """The codec returned tokens that break DESIGN §6 (shape, range): a codec bug, not bad input."""
 
 
 # --------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass
-class BatchingConfig:
-    """How utterances are grouped into encoder batches.
-
-    ``batch_seconds`` bounds the *padded* audio of one batch (``n_items x longest``),
-    which is what the encoder's memory and time scale with.
-    """
-
-    batch_seconds: float = 120.0  # s of padded audio per encoder batch
-    max_items: int = 256  # utterances per batch at most (many tiny ones)
-    max_padding: float = 0.25  # an item joins a batch only if padding it wastes at most this fraction
-    sample_rate: int = 24_000  # Hz, the codec's
-    samples_per_frame: int = 1920  # the codec's hop: 24 kHz / 12.5 Hz
-
-    def __post_init__(self):
-        if not (self.batch_seconds > 0):
-            raise ValueError(f"batch_seconds must be > 0 (seconds of padded audio per batch), got {self.batch_seconds}")
-        if self.max_items < 1:
-            raise ValueError(f"max_items must be >= 1, got {self.max_items}")
-        if not 0 <= self.max_padding < 1:
-            raise ValueError(f"max_padding must be in [0, 1) (fraction of a padded item), got {self.max_padding}")
-        if self.sample_rate <= 0 or self.samples_per_frame <= 0:
-            raise ValueError(
-                f"sample_rate and samples_per_frame must be > 0 (take them from the codec), "
-                f"got {self.sample_rate} and {self.samples_per_frame}"
-            )
-
-    @property
-    def budget_samples(self) -> int:
-        return int(self.batch_seconds * self.sample_rate)
-
-
-def n_frames(n_samples: int, samples_per_frame: int = 1920) -> int:
-    """Frames the causal codec gives for ``n_samples``: ``ceil(n / samples_per_frame)``."""
-    return -(-int(n_samples) // int(samples_per_frame))
-
-
-# --------------------------------------------------------------------------------------
-# Length bucketing
-
-
-def plan_batches(
-    lengths: Sequence[int],
-    budget_samples: int,
-    max_items: int = 256,
-    samples_per_frame: int = 1920,
-    max_padding: float = 0.25,
-) -> list[list[int]]:
-    """Group item indices into batches of similar length.
-
-    Items are sorted by length, longest first (so an out-of-memory batch shows up at
-    once, not at the end), and added to the current batch while
-    ``n_items * padded_longest <= budget_samples`` and ``n_items <= max_items``;
-    ``padded_longest`` is the longest item rounded up to whole frames, i.e. exactly
-    the tensor the encoder sees. An item is also not added when padding it to the
-    batch's length would waste more than ``max_padding`` of it (so a small shard with
-    very different lengths makes a few small batches rather than one mostly-padding
-    one; a large shard's sorted lengths are dense and fill batches to the budget).
-    An item longer than the budget gets a batch of its own.
-
-    Args:
-        lengths: samples of each item, ``[N]``.
-        budget_samples: padded samples per batch at most.
-
-    Returns:
-        Batches of indices into ``lengths``; every index appears exactly once.
-    """
-    if budget_samples <= 0:
-        raise ValueError(f"budget_samples must be > 0, got {budget_samples}")
-    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    cur_padded = 0
-    for i in order:
-        padded = max(1, n_frames(lengths[i], samples_per_frame)) * samples_per_frame
-        if cur and (
-            (len(cur) + 1) * cur_padded > budget_samples
-            or len(cur) >= max_items
-            or padded < (1.0 - max_padding) * cur_padded
-        ):
-            batches.append(cur)
-            cur = []
-        if not cur:
-            cur_padded = padded  # sorted descending: the first item is the longest
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]], samples_per_frame: int = 1920) -> float:
-    """Padded samples / real samples of a batch plan (1.0 = no padding)."""
-    real = sum(int(lengths[i]) for b in batches for i in b)
-    padded = sum(len(b) * max(n_frames(lengths[i], samples_per_frame) for i in b) * samples_per_frame for b in batches)
-    return padded / real if real else 1.0
-
-
-# --------------------------------------------------------------------------------------
-# Data types
+# Batches in and out
 
 
 @dataclass
@@ -293,7 +170,7 @@ class TokenBatch:
         for t in row["n_frames"]:
             t = int(t)
             semantic.append(sem_flat[off : off + t])
-            acoustic.append(ac_flat[off * ACOUSTIC_DIMS : (off + t) * ACOUSTIC_DIMS].reshape(t, ACOUSTIC_DIMS))
+            acoustic.append(ac_flat[off * ACOUSTIC_DIM : (off + t) * ACOUSTIC_DIM].reshape(t, ACOUSTIC_DIM))
             off += t
         return cls(
             shard=row["shard"],
@@ -311,162 +188,6 @@ class TokenBatch:
             encode_end=float(row.get("encode_end") or 0.0),
             shard_error=row.get("shard_error"),
         )
-
-
-# --------------------------------------------------------------------------------------
-# Reading audio shards
-
-
-@dataclass
-class ShardMember:
-    """Where one sample's parts sit inside an audio shard tar (index pass)."""
-
-    key: str
-    position: int
-    flac: tuple[int, int] | None = None  # (byte offset of the data, size)
-    meta: str | None = None  # the JSON text
-    n_samples: int | None = None  # from the FLAC STREAMINFO header
-    error: str | None = None
-
-
-def flac_stream_info(head: bytes) -> tuple[int, int, int]:
-    """``(sample_rate, channels, n_samples)`` from the start of a FLAC file (STREAMINFO).
-
-    Raises ValueError if ``head`` is not a FLAC stream or its length is not recorded.
-    """
-    if len(head) < 26 or head[:4] != b"fLaC" or (head[4] & 0x7F) != 0:
-        raise ValueError("not a FLAC stream (no fLaC/STREAMINFO header)")
-    v = int.from_bytes(head[18:26], "big")
-    sample_rate = v >> 44
-    channels = ((v >> 41) & 0x7) + 1
-    total = v & ((1 << 36) - 1)
-    if total == 0:
-        raise ValueError("FLAC header does not record the number of samples")
-    return sample_rate, channels, total
-
-
-def _split_member_name(name: str) -> tuple[str, str]:
-    # WebDataset convention: the key is the base name up to the first dot.
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    return key, ext
-
-
-class AudioShardReader:
-    """Reads an audio shard tar into bucketed :class:`AudioBatch` es (see module doc)."""
-
-    def __init__(self, config: BatchingConfig):
-        self.config = config
-
-    def index(self, path: str | os.PathLike) -> list[ShardMember]:
-        """Index pass: every sample of the shard in tar order, without decoding audio."""
-        members: dict[str, ShardMember] = {}
-        try:
-            with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    key, ext = _split_member_name(info.name)
-                    m = members.get(key)
-                    if m is None:
-                        m = members[key] = ShardMember(key=key, position=len(members))
-                    if ext == "flac":
-                        m.flac = (info.offset_data, info.size)
-                        raw_pos = raw.tell()
-                        raw.seek(info.offset_data)
-                        head = raw.read(min(info.size, 64))
-                        raw.seek(raw_pos)
-                        try:
-                            sr, ch, total = flac_stream_info(head)
-                            m.n_samples = total
-                            if sr != self.config.sample_rate:
-                                m.error = f"sample rate {sr} Hz, the codec needs {self.config.sample_rate} Hz"
-                            elif ch != 1:
-                                m.error = f"{ch} channels, the codec needs mono"
-                        except ValueError:
-                            m.n_samples = None  # decoded later; the decoder says what is wrong
-                    elif ext == "json":
-                        f = tar.extractfile(info)
-                        m.meta = f.read().decode("utf-8") if f is not None else None
-        except FileNotFoundError as e:
-            raise ShardReadError(path, "file not found") from e
-        except tarfile.TarError as e:
-            raise ShardReadError(path, f"not a readable tar ({e})") from e
-        for m in members.values():
-            if m.error:
-                continue
-            if m.flac is None:
-                m.error = "no .flac member"
-            elif m.meta is None:
-                m.error = "no .json member"
-            else:
-                try:
-                    meta = json.loads(m.meta)
-                    if not isinstance(meta, dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as e:
-                    m.error = f"bad .json member: {e}"
-        return list(members.values())
-
-    def batches(self, path: str | os.PathLike, shard: str) -> Iterator[AudioBatch]:
-        """Bucketed batches of the shard, one decoded batch at a time.
-
-        Every sample of the shard is in exactly one batch, as audio or as a failure.
-        """
-        members = self.index(path)
-        cfg = self.config
-        bad = [m for m in members if m.error]
-        good = [m for m in members if not m.error]
-        # Length unknown from the header: plan it as a budget-sized item (a batch of its own).
-        lengths = [m.n_samples if m.n_samples is not None else cfg.budget_samples for m in good]
-        plan = plan_batches(lengths, cfg.budget_samples, cfg.max_items, cfg.samples_per_frame, cfg.max_padding)
-        n_batches = max(1, len(plan))
-        if not plan:
-            yield AudioBatch(shard=shard, batch_index=0, n_batches=1,
-                             failures=[_failure(m, m.error) for m in bad])
-            return
-        with open(path, "rb") as raw:
-            for bi, idx in enumerate(plan):
-                batch = AudioBatch(shard=shard, batch_index=bi, n_batches=n_batches)
-                if bi == 0:
-                    batch.failures.extend(_failure(m, m.error) for m in bad)
-                for i in idx:
-                    m = good[i]
-                    try:
-                        pcm = self._decode(raw, m)
-                    except Exception as e:  # any decoder error is this sample's problem
-                        batch.failures.append(_failure(m, f"cannot decode FLAC: {e}"))
-                        continue
-                    batch.keys.append(m.key)
-                    batch.positions.append(m.position)
-                    batch.metas.append(m.meta)
-                    batch.pcm.append(pcm)
-                yield batch
-
-    def _decode(self, raw, m: ShardMember) -> np.ndarray:
-        import soundfile as sf
-
-        off, size = m.flac
-        raw.seek(off)
-        data = raw.read(size)
-        pcm, sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
-        if sr != self.config.sample_rate:
-            raise ValueError(f"sample rate {sr} Hz, the codec needs {self.config.sample_rate} Hz")
-        if pcm.shape[1] != 1:
-            raise ValueError(f"{pcm.shape[1]} channels, the codec needs mono")
-        if pcm.shape[0] == 0:
-            raise ValueError("no samples")
-        return np.ascontiguousarray(pcm[:, 0])
-
-
-def _failure(m: ShardMember, error: str) -> SampleFailure:
-    duration = None
-    try:
-        d = json.loads(m.meta)["duration"] if m.meta else None
-        duration = float(d) if d is not None else None
-    except (ValueError, KeyError, TypeError):
-        duration = None
-    return SampleFailure(key=m.key, position=m.position, error=error, duration=duration)
 
 
 # --------------------------------------------------------------------------------------
@@ -527,7 +248,7 @@ class TokenEncoder:
         else:
             dev = cfg.device
         if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise BatchingError("device 'cuda' asked for but torch sees no CUDA device; use --device cpu")
+            raise TokenEncoderError("device 'cuda' asked for but torch sees no CUDA device; use --device cpu")
         self.device = torch.device(dev)
         self.is_cuda = self.device.type == "cuda"
         prec = cfg.precision if cfg.precision != "auto" else ("bf16" if self.is_cuda else "fp32")
@@ -560,7 +281,7 @@ class TokenEncoder:
                        positions=list(range(len(pcm))), metas=["{}"] * len(pcm), pcm=list(pcm))
         t = self([b])[0]
         if t.failures:
-            raise BatchingError(f"encoding failed: {t.failures[0].error}")
+            raise TokenEncoderError(f"encoding failed: {t.failures[0].error}")
         return t.semantic, t.acoustic
 
     # -- internals ---------------------------------------------------------------------
@@ -599,9 +320,9 @@ class TokenEncoder:
         t_need = max(n_frames(n, self.samples_per_frame) for n in batch.lengths)
         if sem.ndim != 2 or sem.shape[0] != b or sem.shape[1] < t_need:
             raise CodecContractError(f"codec.encode gave semantic of shape {tuple(sem.shape)}, expected [{b}, >={t_need}]")
-        if ac.ndim != 3 or ac.shape[0] != b or ac.shape[1] != sem.shape[1] or ac.shape[2] != ACOUSTIC_DIMS:
+        if ac.ndim != 3 or ac.shape[0] != b or ac.shape[1] != sem.shape[1] or ac.shape[2] != ACOUSTIC_DIM:
             raise CodecContractError(
-                f"codec.encode gave acoustic of shape {tuple(ac.shape)}, expected [{b}, {sem.shape[1]}, {ACOUSTIC_DIMS}]"
+                f"codec.encode gave acoustic of shape {tuple(ac.shape)}, expected [{b}, {sem.shape[1]}, {ACOUSTIC_DIM}]"
             )
 
     def _finish(self, batch: AudioBatch, sem: np.ndarray, ac: np.ndarray, elapsed: float,
@@ -773,139 +494,13 @@ def _checked_narrow(x, dtype, upper: int):
     return torch.where(bad, torch.full_like(x, sentinel), x).to(dtype)
 
 
-# --------------------------------------------------------------------------------------
-# Arrow-table stages (what Ray Data's map_batches calls; no Ray import here)
-
-
-def read_stage(table, config: BatchingConfig) -> Iterator:
-    """``pa.Table`` of shards (columns ``shard``, ``path``) -> one table per bucketed batch.
-
-    A generator, so that Ray Data streams a shard's batches downstream as they are
-    decoded instead of holding the whole shard. A shard that cannot be read at all
-    yields one batch carrying ``shard_error`` (the job reports it and does not commit).
-    """
-    import pyarrow as pa
-
-    reader = AudioShardReader(config)
-    for row in table.to_pylist():
-        try:
-            for batch in reader.batches(row["path"], row["shard"]):
-                yield pa.Table.from_pylist([batch.to_row()], schema=AUDIO_BATCH_SCHEMA)
-        except ShardReadError as e:
-            bad = AudioBatch(shard=row["shard"], batch_index=0, n_batches=1, shard_error=str(e))
-            yield pa.Table.from_pylist([bad.to_row()], schema=AUDIO_BATCH_SCHEMA)
-
-
-class EncodeStage:
-    """``pa.Table`` of audio batches -> ``pa.Table`` of token batches, one codec per actor."""
-
-    def __init__(self, config: EncoderConfig, expected_codec_id: str | None = None):
-        self.encoder = TokenEncoder(config)
-        if expected_codec_id is not None and self.encoder.codec_id != expected_codec_id:
-            raise CodecContractError(
-                f"codec at {config.codec_dir} loads as {self.encoder.codec_id}, the job expected "
-                f"{expected_codec_id}: was the checkpoint replaced while the job ran?"
-            )
-        log.info("encoder ready: codec %s on %s (%s)", self.encoder.codec_id, self.encoder.device,
-                 self.encoder.precision)
-
-    def __call__(self, table):
-        import pyarrow as pa
-
-        batches = [AudioBatch.from_row(r) for r in table.to_pylist()]
-        rows = [t.to_row() for t in self.encoder(batches)]
-        return pa.Table.from_pylist(rows, schema=TOKEN_BATCH_SCHEMA)
-
-
-def _schemas():
-    import pyarrow as pa
-
-    common = [
-        ("shard", pa.string()),
-        ("batch_index", pa.int64()),
-        ("n_batches", pa.int64()),
-        ("keys", pa.list_(pa.string())),
-        ("positions", pa.list_(pa.int64())),
-        ("metas", pa.list_(pa.string())),
-    ]
-    audio = pa.schema(common + [
-        ("lengths", pa.list_(pa.int64())),
-        ("pcm", pa.large_binary()),
-        ("failures", pa.string()),
-        ("shard_error", pa.string()),
-    ])
-    tokens = pa.schema(common + [
-        ("n_samples", pa.list_(pa.int64())),
-        ("n_frames", pa.list_(pa.int64())),
-        ("semantic", pa.large_binary()),
-        ("acoustic", pa.large_binary()),
-        ("failures", pa.string()),
-        ("padded_samples", pa.int64()),
-        ("encode_seconds", pa.float64()),
-        ("encode_end", pa.float64()),
-        ("shard_error", pa.string()),
-    ])
-    return audio, tokens
-
-
-AUDIO_BATCH_SCHEMA, TOKEN_BATCH_SCHEMA = _schemas()
-
-
-@dataclass(frozen=True)
-class CodecInfo:
-    """What the job needs to know of a checkpoint without building the model."""
-
-    codec_id: str
-    sample_rate: int
-    samples_per_frame: int
-    frame_rate: float
-
-
-def codec_info(codec_dir: str | os.PathLike) -> CodecInfo:
-    """``codec_id`` (DESIGN §6: name + 12 hex of the weights' SHA-256) and rates of a saved codec.
-
-    Same rule as ``Codec.codec_id`` of a loaded model; :class:`EncodeStage` checks that
-    they agree.
-    """
-    from codec.config import CodecConfig, CodecConfigError
-    from codec.speech_codec import CONFIG_FILE, WEIGHTS_FILE, CodecCheckpointError, _sha256_file
-
-    d = Path(codec_dir)
-    cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise CodecCheckpointError(f"{p}: missing; --codec must be a directory written by Codec.save()")
-    try:
-        cfg = CodecConfig.from_dict(json.loads(cfg_path.read_text())["config"])
-    except (ValueError, KeyError, TypeError, CodecConfigError) as e:
-        raise CodecCheckpointError(f"{cfg_path}: not a valid codec config ({e})") from e
-    sha = _sha256_file(w_path)
-    return CodecInfo(codec_id=f"{cfg.name}-{sha[:12]}", sample_rate=int(cfg.sample_rate),
-                     samples_per_frame=int(cfg.samples_per_frame), frame_rate=float(cfg.frame_rate))
-
 
 __all__ = [
-    "ACOUSTIC_DIMS",
-    "ACOUSTIC_LEVELS",
-    "AUDIO_BATCH_SCHEMA",
     "AudioBatch",
-    "AudioShardReader",
-    "BatchingConfig",
-    "BatchingError",
     "CodecContractError",
-    "EncodeStage",
     "EncoderConfig",
-    "CodecInfo",
-    "SEMANTIC_CODEBOOK_SIZE",
     "SampleFailure",
-    "ShardReadError",
-    "TOKEN_BATCH_SCHEMA",
     "TokenBatch",
     "TokenEncoder",
-    "codec_info",
-    "flac_stream_info",
-    "n_frames",
-    "padding_ratio",
-    "plan_batches",
-    "read_stage",
+    "TokenEncoderError",
 ]
