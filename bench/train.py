@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from manifests.shards import TokenSample  # noqa: E402
 from model.config import DataConfig, ModelConfig  # noqa: E402
 from model.flops import peak_tflops, step_flops  # noqa: E402
 from model.packing import Packer  # noqa: E402
-from model.sequence import Prompt, SequenceBuilder, TokenSample  # noqa: E402
+from model.sequence import Prompt, SequenceBuilder  # noqa: E402
 from model.text_tokenizer import ByteTokenizer  # noqa: E402
 from model.tts import TTSModel  # noqa: E402
 
@@ -49,7 +50,7 @@ def synthetic_batches(cfg: DataConfig, n: int, seed: int = 0):
             p = int(rng.uniform(3, 25) * 12.5)
             text = "".join(rng.choice("abcdefghij klmnop qrstuv wxyz") for _ in range(int(t / 12.5 * 15)))
             s = TokenSample(
-                f"k{i}", "s", text, [], 0.0, nrng.integers(0, 8192, t), nrng.integers(0, 21, (t, 36))
+                f"k{i}", nrng.integers(0, 8192, t), nrng.integers(0, 21, (t, 36)), {"speaker": "s", "text": text}
             )
             prompt = Prompt(nrng.integers(0, 8192, p), nrng.integers(0, 21, (p, 36)), "other")
             i += 1

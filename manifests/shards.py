@@ -78,9 +78,9 @@ def spec_mismatches(owner: str, **values) -> list[str]:
             raise KeyError(f"{name} is not a field of the token spec ({sorted(names)})")
         want = getattr(TOKEN_SPEC, name)
         if abs(float(value) - float(want)) > 1e-9:
-            out.append(f"{owner}.{name}={value}, but token shards (DESIGN §6/§7, manifests.shards.TOKEN_SPEC) "
-                       f"use {want}: leave it at its default; tokens of another shape would not be "
-                       f"readable by the tokenize job, the model or the codec service")
+            out.append(f"{owner}.{name}={value}, but the token spec (manifests.shards.TOKEN_SPEC, DESIGN §6/§7) "
+                       f"says {want}: leave it at its default; tokens of another shape would not fit the "
+                       f"token shards that the tokenize job writes and the model and the codec service read")
     return out
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.config import FRAME_RATE, SEMANTIC_CODEBOOK_SIZE, DataConfig
+from manifests.shards import FRAME_RATE, SEMANTIC_CODEBOOK_SIZE, TokenSample
+from model.config import DataConfig
 from model.text_tokenizer import TextTokenizer
 
 EOA = SEMANTIC_CODEBOOK_SIZE  # end-of-audio: semantic output class 8192
@@ -32,23 +33,6 @@ class Specials:
 
     def __init__(self, vocab: int):
         self.bos, self.prompt, self.text, self.audio, self.pad = range(vocab, vocab + self.COUNT)
-
-
-@dataclass
-class TokenSample:
-    """One utterance read from a token shard. semantic [T] int64, acoustic [T, 36] int64 (levels 0..20)."""
-
-    key: str
-    speaker: str
-    text: str
-    words: list[dict]  # {"word", "start", "end"} in seconds relative to the SOURCE
-    start: float  # segment start in the source, seconds
-    semantic: np.ndarray
-    acoustic: np.ndarray
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.semantic.shape[0])
 
 
 @dataclass

@@ -16,7 +16,6 @@ possible (``model.loader``). Training streams are infinite (epoch after epoch); 
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections import OrderedDict, deque
@@ -28,14 +27,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset import tariterators
 
-from model.config import FRAME_RATE, DataConfig
+from manifests.shards import FRAME_RATE, TokenSample, TokenShardError, decode_token_sample
+from model.config import DataConfig
 from model.packing import Packer
-from model.sequence import Prompt, SequenceBuilder, TokenSample, self_prefix_split
+from model.sequence import Prompt, SequenceBuilder, self_prefix_split
 from model.text_tokenizer import TextTokenizer
-
-
-class TokenShardError(RuntimeError):
-    """A token shard or one of its samples is unreadable; the message names the shard and the key."""
 
 
 def list_shards(directory: str | Path) -> list[Path]:
@@ -86,31 +82,14 @@ def split_train_eval(shards: list[Path], eval_shards: int) -> tuple[list[Path], 
 
 
 def parse_sample(shard: Path, raw: dict) -> TokenSample:
-    key = raw.get("__key__", "?")
-    if "tokens.npz" not in raw or "json" not in raw:
-        raise TokenShardError(f"{shard}: sample {key} lacks tokens.npz or json (has {sorted(raw)})")
-    try:
-        meta = json.loads(raw["json"])
-        with np.load(io.BytesIO(raw["tokens.npz"])) as z:
-            sem = z["semantic"].astype(np.int64)
-            ac = z["acoustic"].astype(np.int64)
-    except Exception as e:
-        raise TokenShardError(f"{shard}: sample {key} is unreadable: {type(e).__name__}: {e}") from e
-    if sem.ndim != 1 or ac.ndim != 2 or ac.shape[0] != sem.shape[0]:
-        raise TokenShardError(
-            f"{shard}: sample {key}: semantic {sem.shape} / acoustic {ac.shape} shapes disagree"
-        )
-    if abs(float(meta.get("frame_rate", FRAME_RATE)) - FRAME_RATE) > 1e-6:
-        raise TokenShardError(f"{shard}: sample {key}: frame_rate {meta.get('frame_rate')} != {FRAME_RATE}")
-    return TokenSample(
-        key=str(meta.get("key", key)),
-        speaker=str(meta.get("speaker") or meta.get("source_id") or key),
-        text=str(meta.get("text", "")),
-        words=list(meta.get("words") or []),
-        start=float(meta.get("start", 0.0)),
-        semantic=sem,
-        acoustic=ac,
-    )
+    """A WebDataset sample dict (``__key__``, ``tokens.npz``, ``json``) -> TokenSample with int64 codes.
+
+    Decoding and the DESIGN §6 checks are ``manifests.shards.decode_token_sample``'s; the model
+    widens the stored int16 / uint8 codes to int64 (embedding indices) and keys the sample by its
+    JSON's ``key`` when present."""
+    s = decode_token_sample(str(shard), raw.get("__key__", "?"), raw.get("tokens.npz"), raw.get("json"))
+    return TokenSample(key=str(s.meta.get("key", s.key)), semantic=s.semantic.astype(np.int64),
+                       acoustic=s.acoustic.astype(np.int64), meta=s.meta)
 
 
 def read_shard(shard: Path) -> Iterator[TokenSample]:
@@ -144,12 +123,9 @@ class PromptPicker:
         keep = int(round(cfg.prompt_max_s * FRAME_RATE))
         compact = TokenSample(
             sample.key,
-            sample.speaker,
-            "",
-            [],
-            sample.start,
             sample.semantic[:keep].astype(np.int16),
             sample.acoustic[:keep].astype(np.uint8),
+            {"speaker": sample.speaker, "start": sample.start},
         )
         q = self.seen.pop(sample.speaker, None) or deque(maxlen=max(cfg.speaker_cache, 1))
         q.append(compact)
