@@ -56,8 +56,35 @@ class SampleFailure:
     duration: float | None = None  # s, from the sample's JSON when it could be read
 
 
+def _common_row(batch) -> dict:
+    """The Arrow row fields :class:`AudioBatch` and :class:`TokenBatch` share."""
+    return {"shard": batch.shard, "batch_index": batch.batch_index, "n_batches": batch.n_batches,
+            "keys": list(batch.keys), "positions": list(batch.positions), "metas": list(batch.metas),
+            "failures": json.dumps([asdict(f) for f in batch.failures]), "shard_error": batch.shard_error}
+
+
+def _common_fields(row: dict) -> dict:
+    """The constructor arguments :class:`AudioBatch` and :class:`TokenBatch` share, from a row."""
+    return {"shard": row["shard"], "batch_index": int(row["batch_index"]), "n_batches": int(row["n_batches"]),
+            "keys": list(row["keys"]), "positions": [int(p) for p in row["positions"]],
+            "metas": list(row["metas"]), "failures": [SampleFailure(**f) for f in json.loads(row["failures"])],
+            "shard_error": row.get("shard_error")}
+
+
 @dataclass
-class AudioBatch:
+class _BatchOfShard:
+    """Which shard a batch belongs to and where its samples sit in it (shared by both batch types)."""
+
+    shard: str
+    batch_index: int
+    n_batches: int
+    keys: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    metas: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AudioBatch(_BatchOfShard):
     """One encoder batch of one audio shard.
 
     ``pcm[i]`` is int16 mono at the codec rate, ``[lengths[i]]``. ``metas[i]`` is the
@@ -67,12 +94,6 @@ class AudioBatch:
     maybe with failures) so that it gets committed.
     """
 
-    shard: str
-    batch_index: int
-    n_batches: int
-    keys: list[str] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    metas: list[str] = field(default_factory=list)
     pcm: list[np.ndarray] = field(default_factory=list)
     failures: list[SampleFailure] = field(default_factory=list)
     shard_error: str | None = None  # the whole shard could not be read: nothing to commit
@@ -84,16 +105,9 @@ class AudioBatch:
     def to_row(self) -> dict:
         """A flat dict of Arrow-friendly values (PCM concatenated into one bytes value)."""
         return {
-            "shard": self.shard,
-            "batch_index": self.batch_index,
-            "n_batches": self.n_batches,
-            "keys": list(self.keys),
-            "positions": list(self.positions),
-            "metas": list(self.metas),
+            **_common_row(self),
             "lengths": self.lengths,
             "pcm": b"".join(np.ascontiguousarray(x, dtype="<i2").tobytes() for x in self.pcm),
-            "failures": json.dumps([asdict(f) for f in self.failures]),
-            "shard_error": self.shard_error,
         }
 
     @classmethod
@@ -103,33 +117,17 @@ class AudioBatch:
         for n in row["lengths"]:
             pcm.append(flat[off : off + n])
             off += n
-        return cls(
-            shard=row["shard"],
-            batch_index=int(row["batch_index"]),
-            n_batches=int(row["n_batches"]),
-            keys=list(row["keys"]),
-            positions=[int(p) for p in row["positions"]],
-            metas=list(row["metas"]),
-            pcm=pcm,
-            failures=[SampleFailure(**f) for f in json.loads(row["failures"])],
-            shard_error=row.get("shard_error"),
-        )
+        return cls(**_common_fields(row), pcm=pcm)
 
 
 @dataclass
-class TokenBatch:
+class TokenBatch(_BatchOfShard):
     """Tokens of one :class:`AudioBatch`, trimmed per item to ``ceil(len / 1920)`` frames.
 
     ``semantic[i]``: int16 ``[T_i]`` in 0..8191; ``acoustic[i]``: uint8 ``[T_i, 36]`` in 0..20.
     ``n_samples[i]`` is the audio length the tokens came from (for durations).
     """
 
-    shard: str
-    batch_index: int
-    n_batches: int
-    keys: list[str] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    metas: list[str] = field(default_factory=list)
     n_samples: list[int] = field(default_factory=list)
     semantic: list[np.ndarray] = field(default_factory=list)
     acoustic: list[np.ndarray] = field(default_factory=list)
@@ -145,21 +143,14 @@ class TokenBatch:
 
     def to_row(self) -> dict:
         return {
-            "shard": self.shard,
-            "batch_index": self.batch_index,
-            "n_batches": self.n_batches,
-            "keys": list(self.keys),
-            "positions": list(self.positions),
-            "metas": list(self.metas),
+            **_common_row(self),
             "n_samples": list(self.n_samples),
             "n_frames": self.n_frames,
             "semantic": b"".join(np.ascontiguousarray(s, dtype="<i2").tobytes() for s in self.semantic),
             "acoustic": b"".join(np.ascontiguousarray(a, dtype=np.uint8).tobytes() for a in self.acoustic),
-            "failures": json.dumps([asdict(f) for f in self.failures]),
             "padded_samples": int(self.padded_samples),
             "encode_seconds": float(self.encode_seconds),
             "encode_end": float(self.encode_end),
-            "shard_error": self.shard_error,
         }
 
     @classmethod
@@ -173,20 +164,13 @@ class TokenBatch:
             acoustic.append(ac_flat[off * ACOUSTIC_DIM : (off + t) * ACOUSTIC_DIM].reshape(t, ACOUSTIC_DIM))
             off += t
         return cls(
-            shard=row["shard"],
-            batch_index=int(row["batch_index"]),
-            n_batches=int(row["n_batches"]),
-            keys=list(row["keys"]),
-            positions=[int(p) for p in row["positions"]],
-            metas=list(row["metas"]),
+            **_common_fields(row),
             n_samples=[int(n) for n in row["n_samples"]],
             semantic=semantic,
             acoustic=acoustic,
-            failures=[SampleFailure(**f) for f in json.loads(row["failures"])],
             padded_samples=int(row["padded_samples"]),
             encode_seconds=float(row["encode_seconds"]),
             encode_end=float(row.get("encode_end") or 0.0),
-            shard_error=row.get("shard_error"),
         )
 
 
