@@ -35,7 +35,7 @@ import numpy as np
 
 from codec.token_encoder import AudioBatch, EncoderConfig, TokenEncoder
 from codec.tokenizing.bucketing import plan_batches
-from manifests.shards import ACOUSTIC_DIM, ACOUSTIC_LEVELS, SEMANTIC_CODEBOOK_SIZE
+from manifests.shards import ACOUSTIC_DIM, ACOUSTIC_LEVELS, SAMPLE_RATE, SEMANTIC_CODEBOOK_SIZE
 
 NPZ_TYPES = ("application/x-npz", "application/npz", "application/octet-stream")
 AUDIO_TYPES = {"audio/wav": "WAV", "audio/x-wav": "WAV", "audio/wave": "WAV", "audio/flac": "FLAC",
@@ -271,7 +271,7 @@ def _sniff_audio(data: bytes) -> str | None:
     return None
 
 
-def read_audio(data: bytes, max_seconds: float, sample_rate: int = 24_000) -> np.ndarray:
+def read_audio(data: bytes, max_seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Request bytes (any container the ingest decodes) -> int16 mono PCM ``[N]`` at ``sample_rate``.
 
     Raises :class:`BadRequest` (undecodable, empty) or :class:`PayloadTooLarge` (longer than

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-CLIP_RATE = 24_000  # Hz: the shards' rate
+from manifests.shards import SAMPLE_RATE
+
+CLIP_RATE = SAMPLE_RATE  # Hz: the shards' rate
 VORBIS_LEVEL = 0.8  # libsndfile's compression level (0..1): ~5 KB/s of 24 kHz speech, clear enough to judge it
 
 

@@ -109,6 +109,24 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: int = 0) -> 
     tar.addfile(info, io.BytesIO(data))
 
 
+def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of each sample of a shard, in stored order (one pass, one
+    sample in memory at a time): the members of a sample are consecutive, as the writers put them."""
+    cur_key, parts = None, {}
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, ext = split_member_name(info.name)
+            if cur_key is not None and key != cur_key:
+                yield cur_key, parts
+                parts = {}
+            cur_key = key
+            parts[ext] = tar.extractfile(info).read()
+    if cur_key is not None:
+        yield cur_key, parts
+
+
 # --------------------------------------------------------------------------------------
 # Audio shard sample (DESIGN §4): <key>.flac (mono, 24 kHz, 16-bit) + <key>.json
 
@@ -382,20 +400,5 @@ def decode_token_sample(where: str, key: str, npz: bytes | None, meta_json: byte
 
 def read_token_shard(path: str | os.PathLike) -> Iterator[TokenSample]:
     """Samples of a token shard in stored order (each checked by :func:`decode_token_sample`)."""
-    cur_key, npz, meta = None, None, None
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, ext = split_member_name(info.name)
-            if cur_key is not None and key != cur_key:
-                yield decode_token_sample(str(path), cur_key, npz, meta)
-                npz, meta = None, None
-            cur_key = key
-            data = tar.extractfile(info).read()
-            if ext == "tokens.npz":
-                npz = data
-            elif ext == "json":
-                meta = data
-    if cur_key is not None:
-        yield decode_token_sample(str(path), cur_key, npz, meta)
+    for key, parts in iter_samples(path):
+        yield decode_token_sample(str(path), key, parts.get("tokens.npz"), parts.get("json"))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.shards import FRAME_RATE, SEMANTIC_CODEBOOK_SIZE, TokenSample
+from manifests.shards import ACOUSTIC_DIM, FRAME_RATE, SEMANTIC_CODEBOOK_SIZE, TokenSample
 from model.config import DataConfig
 from model.text_tokenizer import TextTokenizer
 
@@ -44,7 +44,7 @@ class Prompt:
     source: str
 
     @staticmethod
-    def none(acoustic_dim: int = 36) -> Prompt:
+    def none(acoustic_dim: int = ACOUSTIC_DIM) -> Prompt:
         return Prompt(np.zeros(0, np.int64), np.zeros((0, acoustic_dim), np.int64), "none")
 
 
