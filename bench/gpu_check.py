@@ -188,7 +188,7 @@ def corpus_view(src: Path, dst: Path, repeats: int = 1, max_shards: int | None =
 
 def read_tokens(out: Path) -> dict:
     """{(shard, key): (semantic [T], acoustic [T, 36])} of every token shard under ``out``."""
-    from manifests.tokens import read_token_shard
+    from manifests.shards import read_token_shard
 
     got = {}
     for tar in sorted((out / "shards" / "tokens").glob("*/*.tar")):

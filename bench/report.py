@@ -26,8 +26,9 @@ import numpy as np
 import soundfile as sf
 
 from manifests.report import ReportConfig, build_report
+from manifests.shards import TokenSample
 from manifests.store import write_part
-from manifests.tokens import TokenSample, commit_token_shard
+from manifests.tokens import commit_token_shard
 from pipeline.config import IngestConfig
 from pipeline.quality import DROP_REASONS
 

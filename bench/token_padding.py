@@ -20,7 +20,7 @@ import soxr
 import torch
 
 from codec import Codec, CodecConfig
-from codec.batching import AudioBatch, EncoderConfig, TokenEncoder
+from codec.token_encoder import AudioBatch, EncoderConfig, TokenEncoder
 
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", Path(__file__).resolve().parents[2] / "shared" / "speech"))
 FILES = ["mfa/tests/data/wav/mfa_the.flac", "mfa/tests/data/wav/mfa_putty.flac",

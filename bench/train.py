@@ -26,10 +26,11 @@ import time
 import numpy as np
 import torch
 
+from manifests.shards import TokenSample
 from model.config import DataConfig, ModelConfig
 from model.flops import peak_tflops, step_flops
 from model.packing import Packer
-from model.sequence import Prompt, SequenceBuilder, TokenSample
+from model.sequence import Prompt, SequenceBuilder
 from model.text_tokenizer import ByteTokenizer
 from model.tts import TTSModel
 
@@ -46,7 +47,7 @@ def synthetic_batches(cfg: DataConfig, n: int, seed: int = 0):
             p = int(rng.uniform(3, 25) * 12.5)
             text = "".join(rng.choice("abcdefghij klmnop qrstuv wxyz") for _ in range(int(t / 12.5 * 15)))
             s = TokenSample(
-                f"k{i}", "s", text, [], 0.0, nrng.integers(0, 8192, t), nrng.integers(0, 21, (t, 36))
+                f"k{i}", nrng.integers(0, 8192, t), nrng.integers(0, 21, (t, 36)), {"speaker": "s", "text": text}
             )
             prompt = Prompt(nrng.integers(0, 8192, p), nrng.integers(0, 21, (p, 36)), "other")
             i += 1

@@ -3,7 +3,7 @@
 from codec import Codec, CodecConfig
 
 ``Codec`` (and torch with it) is imported on first use, not with the package: the tokenize
-job's shard readers import ``codec.batching`` and only decode FLAC, and importing torch
+job's shard readers import ``codec.tokenizing`` and only decode FLAC, and importing torch
 there cost each reader process ~2 s and a few hundred MiB.
 """
 

@@ -1,7 +1,7 @@
 """AudioCropStream: an endless, resumable stream of random training crops from audio shards or files.
 
 Sources: a directory of WebDataset audio shards (``*.tar`` with ``<key>.flac`` + ``<key>.json``,
-DESIGN.md §4), or any directory of audio files soundfile can read (wav, flac, ogg/opus...; any
+DESIGN.md §4; members found by ``manifests.shards.scan_flac_members``), or any directory of audio files soundfile can read (wav, flac, ogg/opus...; any
 rate and channel count: mixed to mono and resampled to 24 kHz with soxr).
 
 Order: shards (or files) shuffled per epoch, items pass through a shuffle buffer, one random crop per
@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+from manifests.shards import SAMPLE_RATE, SAMPLES_PER_FRAME, scan_flac_members
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,8 @@ class AudioCropStream:
         self,
         path: str | Path,
         crop_samples: int,
-        samples_per_frame: int = 1920,
-        sample_rate: int = 24_000,
+        samples_per_frame: int = SAMPLES_PER_FRAME,
+        sample_rate: int = SAMPLE_RATE,
         shuffle_buffer: int = 64,
         seed: int = 0,
         rank: int = 0,
@@ -155,16 +157,9 @@ class AudioCropStream:
                 yield [ci, 0, -1, path.stem], 1
             return
         with open(path, "rb") as f:
-            f.seek(self.offset)
             try:
-                tf = tarfile.open(fileobj=f, mode="r:")
-                while True:
-                    m = tf.next()
-                    if m is None:
-                        return
-                    if m.isfile() and m.name.endswith(".flac"):
-                        key = Path(m.name).name.split(".", 1)[0]
-                        yield [ci, m.offset_data, m.size, key], tf.offset
+                for key, off, size, nxt in scan_flac_members(f, self.offset):
+                    yield [ci, off, size, key], nxt
             except tarfile.ReadError as e:
                 log.warning(
                     "%s: unreadable tar after offset %d (%s); skipping the rest of it", path, self.offset, e

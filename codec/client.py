@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manifests.shards import ACOUSTIC_DIM, FRAME_RATE, tokens_npz_bytes
+
 
 class ServiceHTTPError(Exception):
     """The service answered with an error status; ``message`` is its explanation."""
@@ -40,16 +42,15 @@ class Tokens:
     semantic: np.ndarray
     acoustic: np.ndarray
     codec_id: str
-    frame_rate: float = 12.5
+    frame_rate: float = FRAME_RATE
 
     @property
     def n_frames(self) -> int:
         return int(self.semantic.shape[0])
 
     def npz_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, semantic=self.semantic, acoustic=self.acoustic)
-        return buf.getvalue()
+        """The ``.tokens.npz`` of a token shard sample."""
+        return tokens_npz_bytes(self.semantic, self.acoustic)
 
 
 class CodecClient:
@@ -107,7 +108,7 @@ class CodecClient:
                               float(_header(hdrs, "X-Frame-Rate")))
         obj = json.loads(out)
         return Tokens(np.asarray(obj["semantic"], np.int16).reshape(-1),
-                      np.asarray(obj["acoustic"], np.uint8).reshape(-1, 36), obj["codec_id"], obj["frame_rate"])
+                      np.asarray(obj["acoustic"], np.uint8).reshape(-1, ACOUSTIC_DIM), obj["codec_id"], obj["frame_rate"])
 
     def decode(self, tokens: Tokens, *, flac: bool = False, npz: bool = True) -> bytes:
         """:class:`Tokens` -> audio file bytes (16-bit WAV, or FLAC), 24 kHz mono."""

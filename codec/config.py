@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from manifests.shards import TOKEN_SPEC, spec_mismatches
+
 
 class CodecConfigError(ValueError):
     """A CodecConfig field has an invalid value; the message says which and how to fix it."""
@@ -26,7 +28,7 @@ class CodecConfig:
     """
 
     name: str = "tiny"
-    sample_rate: int = 24_000
+    sample_rate: int = TOKEN_SPEC.sample_rate  # the token spec's (manifests.shards), checked below
     patch_size: int = 240
     # Encoder stage i runs at patch_rate / prod(strides[:i]) with width dims[i]; between stage i and
     # i+1 a causal conv of kernel = stride = strides[i] downsamples. len(dims) == len(strides) + 1.
@@ -42,9 +44,11 @@ class CodecConfig:
     layer_scale_init: float = 0.01
     # Latent: semantic_dim + acoustic_dim = 292 for the paper's design.
     semantic_dim: int = 256
-    semantic_codebook_size: int = 8192
-    acoustic_dim: int = 36
-    acoustic_levels: int = 21
+    # Token shape: fixed by the token spec (manifests.shards.TOKEN_SPEC, DESIGN §6), not free knobs;
+    # kept as fields because every saved config.json carries them.
+    semantic_codebook_size: int = TOKEN_SPEC.semantic_codebook_size
+    acoustic_dim: int = TOKEN_SPEC.acoustic_dim
+    acoustic_levels: int = TOKEN_SPEC.acoustic_levels
 
     # ---- semantic VQ ----
     vq_ema_decay: float = 0.99
@@ -88,9 +92,9 @@ class CodecConfig:
         # JSON gives lists; keep tuples so configs compare equal after a round trip.
         for f in ("dims", "strides", "depths", "mel_fft_sizes", "mel_bins", "disc_fft_sizes", "betas"):
             setattr(self, f, tuple(getattr(self, f)))
-        if self.sample_rate != 24_000:
+        if self.sample_rate != TOKEN_SPEC.sample_rate:
             raise CodecConfigError(
-                f"sample_rate={self.sample_rate}: the codec contract (DESIGN.md §7) is 24000 Hz; "
+                f"sample_rate={self.sample_rate}: the codec contract (DESIGN.md §7) is {TOKEN_SPEC.sample_rate} Hz; "
                 "resample the audio instead of changing the codec rate"
             )
         if len(self.dims) != len(self.strides) + 1:
@@ -102,27 +106,21 @@ class CodecConfig:
             raise CodecConfigError(
                 f"depths={self.depths} must give one block count per stage ({len(self.dims)})"
             )
-        if self.samples_per_frame * 25 != self.sample_rate * 2:
+        if self.samples_per_frame != TOKEN_SPEC.samples_per_frame:
             raise CodecConfigError(
                 f"patch_size * prod(strides) = {self.samples_per_frame} samples per frame gives "
-                f"{self.frame_rate} Hz; the contract is 12.5 Hz (1920 samples at 24 kHz), e.g. "
-                "patch_size=240 with strides=(2, 2, 2)"
+                f"{self.frame_rate} Hz; the contract is {TOKEN_SPEC.frame_rate} Hz "
+                f"({TOKEN_SPEC.samples_per_frame} samples at 24 kHz), e.g. patch_size=240 with strides=(2, 2, 2)"
             )
         for d in self.dims:
             if d % self.head_dim:
                 raise CodecConfigError(
                     f"every stage width must be a multiple of head_dim={self.head_dim}; got {d}"
                 )
-        if self.semantic_codebook_size < 2 or self.acoustic_levels < 2:
-            raise CodecConfigError("semantic_codebook_size and acoustic_levels must be >= 2")
-        if self.acoustic_levels % 2 == 0:
-            raise CodecConfigError(
-                f"acoustic_levels={self.acoustic_levels}: use an odd number so 0.0 is a level (paper: 21)"
-            )
-        if self.semantic_codebook_size - 1 > 32767:
-            raise CodecConfigError(
-                "semantic codes are stored as int16 (DESIGN.md §6): codebook_size <= 32768"
-            )
+        bad = spec_mismatches("CodecConfig", semantic_codebook_size=self.semantic_codebook_size,
+                              acoustic_dim=self.acoustic_dim, acoustic_levels=self.acoustic_levels)
+        if bad:
+            raise CodecConfigError(bad[0])
         for p in ("p_vq", "p_fsq", "p_fsq_dither"):
             if not 0.0 <= getattr(self, p) <= 1.0:
                 raise CodecConfigError(f"{p}={getattr(self, p)} must be a probability in [0, 1]")

@@ -37,7 +37,7 @@ log = logging.getLogger("codec.eval")
 
 def iter_utterances(paths: list[str], sample_rate: int, max_seconds: float):
     """(name, audio float32 [N] at sample_rate, reference text or None) from files, folders and *.tar shards."""
-    import tarfile
+    from manifests.shards import iter_samples
 
     for p in map(Path, paths):
         if p.is_dir():
@@ -45,16 +45,12 @@ def iter_utterances(paths: list[str], sample_rate: int, max_seconds: float):
             files = tars or sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
             yield from iter_utterances([str(f) for f in files], sample_rate, max_seconds)
         elif p.suffix == ".tar":
-            with tarfile.open(p) as tf:
-                members = {m.name: m for m in tf.getmembers() if m.isfile()}
-                for name, m in members.items():
-                    if not name.endswith(".flac"):
-                        continue
-                    key = name[: -len(".flac")]
-                    meta = members.get(key + ".json")
-                    text = json.loads(tf.extractfile(meta).read()).get("text") if meta else None
-                    x = read_audio_bytes(tf.extractfile(m).read(), sample_rate, f"{p}:{key}")
-                    yield f"{p.name}:{key}", x[: int(max_seconds * sample_rate)], text
+            for key, parts in iter_samples(p):  # an audio shard (DESIGN §4): <key>.flac + <key>.json
+                if "flac" not in parts:
+                    continue
+                text = json.loads(parts["json"]).get("text") if "json" in parts else None
+                x = read_audio_bytes(parts["flac"], sample_rate, f"{p}:{key}")
+                yield f"{p.name}:{key}", x[: int(max_seconds * sample_rate)], text
         elif p.is_file():
             x = read_audio_bytes(p.read_bytes(), sample_rate, str(p))
             yield p.name, x[: int(max_seconds * sample_rate)], None

@@ -234,7 +234,7 @@ def start(configs: list[ServiceConfig], *, host: str = "127.0.0.1", port: int = 
     Returns the base URLs. With one codec the routes are ``/encode`` etc.; with several, each codec
     is under ``/<codec_id>/``. A local Ray gets this checkout on its workers' path.
     """
-    from codec.batching import codec_info
+    from codec.speech_codec import codec_info
 
     init_ray(address, num_local_cpus)
     timeout = max(c.request_timeout_s for c in configs) + 10  # the proxy's backstop after the replica's own

@@ -33,15 +33,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from codec.batching import (
-    ACOUSTIC_DIMS,
-    ACOUSTIC_LEVELS,
-    SEMANTIC_CODEBOOK_SIZE,
-    AudioBatch,
-    EncoderConfig,
-    TokenEncoder,
-    plan_batches,
-)
+from codec.token_encoder import AudioBatch, EncoderConfig, TokenEncoder
+from codec.tokenizing.bucketing import plan_batches
+from manifests.shards import ACOUSTIC_DIM, ACOUSTIC_LEVELS, SAMPLE_RATE, SEMANTIC_CODEBOOK_SIZE
 
 NPZ_TYPES = ("application/x-npz", "application/npz", "application/octet-stream")
 AUDIO_TYPES = {"audio/wav": "WAV", "audio/x-wav": "WAV", "audio/wave": "WAV", "audio/flac": "FLAC",
@@ -198,7 +192,7 @@ class CodecRuntime:
         for idx in plan:
             t_max = max(int(tokens[i][0].shape[0]) for i in idx)
             sem = np.zeros((len(idx), t_max), np.int64)
-            ac = np.full((len(idx), t_max, ACOUSTIC_DIMS), ACOUSTIC_LEVELS // 2, np.int64)
+            ac = np.full((len(idx), t_max, ACOUSTIC_DIM), ACOUSTIC_LEVELS // 2, np.int64)
             for j, i in enumerate(idx):
                 t = tokens[i][0].shape[0]
                 sem[j, :t] = tokens[i][0]
@@ -229,7 +223,7 @@ class CodecRuntime:
             "frame_rate": self.frame_rate,
             "samples_per_frame": self.samples_per_frame,
             "semantic_codebook_size": SEMANTIC_CODEBOOK_SIZE,
-            "acoustic_dims": ACOUSTIC_DIMS,
+            "acoustic_dims": ACOUSTIC_DIM,
             "acoustic_levels": ACOUSTIC_LEVELS,
             "codec_config": self.codec.config.to_dict(),
             "device": str(self.encoder.device),
@@ -277,7 +271,7 @@ def _sniff_audio(data: bytes) -> str | None:
     return None
 
 
-def read_audio(data: bytes, max_seconds: float, sample_rate: int = 24_000) -> np.ndarray:
+def read_audio(data: bytes, max_seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Request bytes (any container the ingest decodes) -> int16 mono PCM ``[N]`` at ``sample_rate``.
 
     Raises :class:`BadRequest` (undecodable, empty) or :class:`PayloadTooLarge` (longer than
@@ -323,7 +317,7 @@ def _as_token_array(name: str, value, ndim: int) -> np.ndarray:
         else:
             raise BadRequest(f"{name}: must hold integers, got {arr.dtype} values")
     if arr.ndim != ndim:
-        want = "[T]" if ndim == 1 else f"[T, {ACOUSTIC_DIMS}]"
+        want = "[T]" if ndim == 1 else f"[T, {ACOUSTIC_DIM}]"
         raise BadRequest(f"{name}: must be {want}, got shape {list(arr.shape)}")
     return arr
 
@@ -331,8 +325,8 @@ def _as_token_array(name: str, value, ndim: int) -> np.ndarray:
 def check_token_arrays(semantic: np.ndarray, acoustic: np.ndarray, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Shapes and ranges of DESIGN §6 -> ``(int16 [T], uint8 [T, 36])``; raises :class:`BadRequest` or
     :class:`PayloadTooLarge` naming the problem."""
-    if acoustic.ndim != 2 or acoustic.shape[1] != ACOUSTIC_DIMS:
-        raise BadRequest(f"acoustic: must be [T, {ACOUSTIC_DIMS}], got shape {list(acoustic.shape)}")
+    if acoustic.ndim != 2 or acoustic.shape[1] != ACOUSTIC_DIM:
+        raise BadRequest(f"acoustic: must be [T, {ACOUSTIC_DIM}], got shape {list(acoustic.shape)}")
     if acoustic.shape[0] != semantic.shape[0]:
         raise BadRequest(f"semantic has {semantic.shape[0]} frames but acoustic has {acoustic.shape[0]}")
     t = int(semantic.shape[0])
@@ -468,11 +462,11 @@ def tokens_json(semantic: np.ndarray, acoustic: np.ndarray, codec_id: str, frame
 
 
 def tokens_npz(semantic: np.ndarray, acoustic: np.ndarray) -> bytes:
-    """The ``.tokens.npz`` of DESIGN §6 (manifests/tokens.py writes the same)."""
-    from manifests.tokens import _npz_bytes, check_tokens
+    """The ``.tokens.npz`` of DESIGN §6, as token shards hold it (``manifests.shards``)."""
+    from manifests.shards import check_tokens, tokens_npz_bytes
 
     check_tokens("response", semantic, acoustic)
-    return _npz_bytes(semantic, acoustic)
+    return tokens_npz_bytes(semantic, acoustic)
 
 
 def audio_bytes(wav: np.ndarray, sample_rate: int, fmt: str) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -108,7 +109,7 @@ class Codec(nn.Module):
         sha = self._weights_sha256
         if sha is None or self.training:
             sha = hashlib.sha256(self._serialized()).hexdigest()
-        return f"{self.config.name}-{sha[:12]}"
+        return codec_id(self.config.name, sha)
 
     def _state_for_save(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
@@ -134,18 +135,7 @@ class Codec(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Codec:
         """Rebuild a Codec from save()'s directory. Safetensors + JSON only: nothing is unpickled."""
-        d = Path(directory)
-        cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise CodecCheckpointError(
-                    f"{p}: missing; a codec checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE}"
-                )
-        try:
-            meta = json.loads(cfg_path.read_text())
-            config = CodecConfig.from_dict(meta["config"])
-        except (json.JSONDecodeError, KeyError, TypeError, CodecConfigError) as e:
-            raise CodecCheckpointError(f"{cfg_path}: not a valid codec config ({e})") from e
+        config, cfg_path, w_path = _read_checkpoint_config(directory)
         model = cls(config)
         state = load_file(str(w_path), device="cpu")
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -248,6 +238,46 @@ class Codec(nn.Module):
             # Only when distilling: an output that gets no gradient would stall DDP.
             "distill": self.distill_head(v["out"]) if cfg.distill_weight > 0 else None,
         }
+
+
+def codec_id(name: str, weights_sha256: str) -> str:
+    """DESIGN §6: the codec's short name + the first 12 hex chars of its weights file's SHA-256.
+    The one rule, for a loaded model (``Codec.codec_id``) and a checkpoint on disk (:func:`codec_info`)."""
+    return f"{name}-{weights_sha256[:12]}"
+
+
+def _read_checkpoint_config(directory: str | Path) -> tuple[CodecConfig, Path, Path]:
+    """(config, config path, weights path) of a ``Codec.save`` directory; raises CodecCheckpointError."""
+    d = Path(directory)
+    cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise CodecCheckpointError(
+                f"{p}: missing; a codec checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE} (written by Codec.save)"
+            )
+    try:
+        meta = json.loads(cfg_path.read_text())
+        config = CodecConfig.from_dict(meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, CodecConfigError) as e:
+        raise CodecCheckpointError(f"{cfg_path}: not a valid codec config ({e})") from e
+    return config, cfg_path, w_path
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """What a job needs to know of a checkpoint without building the model."""
+
+    codec_id: str
+    sample_rate: int
+    samples_per_frame: int
+    frame_rate: float
+
+
+def codec_info(directory: str | Path) -> CodecInfo:
+    """``codec_id`` and rates of a saved codec, read from its files (the weights are hashed, not loaded)."""
+    cfg, _, w_path = _read_checkpoint_config(directory)
+    return CodecInfo(codec_id=codec_id(cfg.name, _sha256_file(w_path)), sample_rate=int(cfg.sample_rate),
+                     samples_per_frame=int(cfg.samples_per_frame), frame_rate=float(cfg.frame_rate))
 
 
 def _sha256_file(path: Path) -> str:

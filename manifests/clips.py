@@ -11,16 +11,15 @@ Opus encoder took 15x longer (1 s against 0.07 s for 7 s of speech on this 2-cor
 from __future__ import annotations
 
 import io
-import os
-import tarfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-CLIP_RATE = 24_000  # Hz: the shards' rate
+from manifests.shards import SAMPLE_RATE
+
+CLIP_RATE = SAMPLE_RATE  # Hz: the shards' rate
 VORBIS_LEVEL = 0.8  # libsndfile's compression level (0..1): ~5 KB/s of 24 kHz speech, clear enough to judge it
 
 
@@ -58,22 +57,6 @@ def encode_clip(audio: np.ndarray, rate: int, max_seconds: float) -> Clip:
         sf.write(buf, audio, CLIP_RATE, format="FLAC", subtype="PCM_16")
         mime = "audio/flac"
     return Clip(buf.getvalue(), mime, len(audio) / CLIP_RATE, cut)
-
-
-def read_shard_members(tar_path: str | os.PathLike, keys: Iterable[str]) -> dict[str, bytes]:
-    """The ``<key>.flac`` bytes of ``keys`` in one audio shard (one pass over its headers).
-
-    Stops as soon as all are found; keys absent from the shard are absent from the result."""
-    want = {f"{k}.flac": k for k in keys}
-    found: dict[str, bytes] = {}
-    with tarfile.open(tar_path, mode="r:") as tar:  # seekable: skipping a member's data is a seek
-        for info in tar:
-            key = want.get(info.name.rsplit("/", 1)[-1])
-            if key is not None and info.isfile():
-                found[key] = tar.extractfile(info).read()
-                if len(found) == len(want):
-                    break
-    return found
 
 
 def flac_clip(flac: bytes, max_seconds: float) -> Clip:

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from manifests.clips import Clip, ClipError, flac_clip, read_shard_members, source_clip
+from manifests.clips import Clip, ClipError, flac_clip, source_clip
+from manifests.shards import SEMANTIC_CODEBOOK_SIZE, read_flac_members, read_token_shard
 from manifests.store import atomic_write_bytes, table_dir
-from manifests.tokens import read_token_shard, token_shard_path
+from manifests.tokens import token_shard_path
 from manifests.views import SUMMARY, connect
 
-SEMANTIC_CODES = 8192  # VQ codebook size of DESIGN §6 (manifests.tokens.check_tokens: 0..8191)
 DEFAULT_NAME = "report.html"
 
 
@@ -362,14 +362,15 @@ class Report:
     def _codebook(self, codec_id: str, plots) -> str:
         shards = [r[0] for r in self.q("SELECT DISTINCT shard FROM tokens WHERE codec_id = ? AND status = 'ok' ORDER BY 1",
                                        [codec_id])]
-        counts = np.zeros(SEMANTIC_CODES, np.int64)
+        counts = np.zeros(SEMANTIC_CODEBOOK_SIZE, np.int64)
         n_frames = n_samples = shards_read = 0
         for shard in shards:
             path = token_shard_path(self.out, codec_id, shard)
             if not path.is_file():
                 continue
             for s in read_token_shard(path):
-                counts += np.bincount(s.semantic.astype(np.int64), minlength=SEMANTIC_CODES)[:SEMANTIC_CODES]
+                codes = np.bincount(s.semantic.astype(np.int64), minlength=SEMANTIC_CODEBOOK_SIZE)
+                counts += codes[:SEMANTIC_CODEBOOK_SIZE]
                 n_frames += s.n_frames
                 n_samples += 1
             shards_read += 1
@@ -390,8 +391,8 @@ class Report:
         a2.set_xlabel("frames a code was used for")
         a2.set_ylabel("codes")
         a2.set_title("histogram of code frequencies", fontsize=8)
-        cap = (f"Semantic codebook of {esc(codec_id)}: <b>perplexity {perplexity:.0f}</b> of {SEMANTIC_CODES}, "
-               f"<b>{100 * used / SEMANTIC_CODES:.1f} %</b> of the codes used ({used}), over {n_frames} frames of "
+        cap = (f"Semantic codebook of {esc(codec_id)}: <b>perplexity {perplexity:.0f}</b> of {SEMANTIC_CODEBOOK_SIZE}, "
+               f"<b>{100 * used / SEMANTIC_CODEBOOK_SIZE:.1f} %</b> of the codes used ({used}), over {n_frames} frames of "
                f"{n_samples} samples in {shards_read} of {len(shards)} shards"
                + (f" (reading stops after {self.cfg.max_token_frames} frames)" if shards_read < len(shards) else "") + ".")
         return self.figure(f"codebook_{codec_id}", plots.to_svg(fig), cap)
@@ -431,7 +432,7 @@ class Report:
                 by_shard.setdefault(s["shard_path"], []).append(s["key"])
         for rel, keys in by_shard.items():
             try:
-                found, err = read_shard_members(self.out / rel, keys), f"not in its shard {rel}"
+                found, err = read_flac_members(self.out / rel, keys), f"not in its shard {rel}"
             except (OSError, tarfile.TarError) as e:  # the page says so; the report goes on
                 found, err = {}, f"shard {rel} unreadable: {e}"
             for k in keys:

@@ -1,4 +1,4 @@
-"""Token shards (DESIGN.md §6): layout, atomic writing, reading, resume bookkeeping.
+"""Token shards (DESIGN.md §6) of the tokenize job: layout, atomic commit, resume bookkeeping.
 
 Layout, per codec (``codec_id`` = name + 12 hex of the checkpoint's SHA-256):
 
@@ -6,10 +6,9 @@ Layout, per codec (``codec_id`` = name + 12 hex of the checkpoint's SHA-256):
                                                         <out>/shards/audio/NNNNNN.tar
     <out>/manifests/tokens/<codec_id>-NNNNNN.parquet   one row per sample of that shard
 
-A token shard is a WebDataset tar: per sample ``<key>.tokens.npz`` (``semantic`` int16
-``[T]`` in 0..8191, ``acoustic`` uint8 ``[T, 36]`` in 0..20) then ``<key>.json`` (the
-audio sample's JSON plus ``codec_id, frame_rate, n_frames``). Samples that failed have
-no tar members, only a manifest row with ``status = 'failed'`` and the reason.
+A token shard is a WebDataset tar of token samples; their format (``<key>.tokens.npz`` +
+``<key>.json``), its writer and its reader are ``manifests/shards.py``'s. Samples that failed
+have no tar members, only a manifest row with ``status = 'failed'`` and the reason.
 
 Commit protocol: the tar is written atomically first (temporary name, fsync, rename),
 then its manifest part, also atomically. **The manifest part is the commit marker**: a
@@ -19,23 +18,15 @@ it and the shard is done again. A reader therefore trusts only tars that have a 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from manifests.shards import TokenSample, TokenShardError, token_tar_bytes
 from manifests.store import atomic_write_bytes, list_parts, remove_temporaries, table_dir, write_part
 
 TOKENS_TABLE = "tokens"
-
-
-class TokenShardError(Exception):
-    """A token shard is malformed or does not match its manifest."""
 
 
 # --------------------------------------------------------------------------------------
@@ -76,93 +67,6 @@ def clean_uncommitted(out: str | os.PathLike, codec_id: str) -> list[Path]:
                 removed.append(tar)
     remove_temporaries(table_dir(out, TOKENS_TABLE))
     return removed
-
-
-# --------------------------------------------------------------------------------------
-# Samples and shards
-
-
-@dataclass
-class TokenSample:
-    """One utterance's tokens. ``semantic`` int16 ``[T]``, ``acoustic`` uint8 ``[T, 36]``."""
-
-    key: str
-    semantic: np.ndarray
-    acoustic: np.ndarray
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.semantic.shape[0])
-
-
-def check_tokens(key: str, semantic: np.ndarray, acoustic: np.ndarray) -> None:
-    """Raise :class:`TokenShardError` unless the arrays follow DESIGN §6."""
-    if semantic.dtype != np.int16 or semantic.ndim != 1:
-        raise TokenShardError(f"{key}: semantic must be int16 [T], got {semantic.dtype} {semantic.shape}")
-    if acoustic.dtype != np.uint8 or acoustic.ndim != 2 or acoustic.shape[1] != 36:
-        raise TokenShardError(f"{key}: acoustic must be uint8 [T, 36], got {acoustic.dtype} {acoustic.shape}")
-    if acoustic.shape[0] != semantic.shape[0]:
-        raise TokenShardError(f"{key}: {semantic.shape[0]} semantic frames but {acoustic.shape[0]} acoustic frames")
-    if semantic.size and (semantic.min() < 0 or semantic.max() > 8191):
-        raise TokenShardError(f"{key}: semantic indices outside 0..8191")
-    if acoustic.size and acoustic.max() > 20:
-        raise TokenShardError(f"{key}: acoustic indices outside 0..20")
-
-
-def _npz_bytes(semantic: np.ndarray, acoustic: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # Uncompressed: FSQ/VQ indices are near-random, compression buys little and costs CPU.
-    np.savez(buf, semantic=semantic, acoustic=acoustic)
-    return buf.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0  # deterministic bytes: the same tokens give the same tar
-    tar.addfile(info, io.BytesIO(data))
-
-
-def token_tar_bytes(samples: list[TokenSample]) -> bytes:
-    """A WebDataset tar of ``samples`` in the given order."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for s in samples:
-            check_tokens(s.key, s.semantic, s.acoustic)
-            _add_member(tar, f"{s.key}.tokens.npz", _npz_bytes(s.semantic, s.acoustic))
-            _add_member(tar, f"{s.key}.json", json.dumps(s.meta, ensure_ascii=False).encode("utf-8"))
-    return buf.getvalue()
-
-
-def read_token_shard(path: str | os.PathLike) -> Iterator[TokenSample]:
-    """Samples of a token shard in order (arrays checked against DESIGN §6)."""
-    cur_key, arrays, meta = None, None, None
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
-            if cur_key is not None and key != cur_key:
-                yield _sample(path, cur_key, arrays, meta)
-                arrays, meta = None, None
-            cur_key = key
-            data = tar.extractfile(info).read()
-            if ext == "tokens.npz":
-                with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                    arrays = (z["semantic"], z["acoustic"])
-            elif ext == "json":
-                meta = json.loads(data)
-    if cur_key is not None:
-        yield _sample(path, cur_key, arrays, meta)
-
-
-def _sample(path, key, arrays, meta) -> TokenSample:
-    if arrays is None or meta is None:
-        raise TokenShardError(f"{path}: sample {key} lacks its .tokens.npz or .json member")
-    check_tokens(key, *arrays)
-    return TokenSample(key=key, semantic=arrays[0], acoustic=arrays[1], meta=meta)
 
 
 # --------------------------------------------------------------------------------------
@@ -247,7 +151,7 @@ class CompleteShard:
 class ShardAssembler:
     """Collects encoder batches (in any order, from any actor) until a shard is complete.
 
-    Accepts objects with the fields of ``codec.batching.TokenBatch`` (``shard,
+    Accepts objects with the fields of ``codec.token_encoder.TokenBatch`` (``shard,
     batch_index, n_batches, keys, positions, metas, n_samples, semantic, acoustic,
     failures, padded_samples, encode_seconds``).
     """

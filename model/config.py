@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Contract numbers of the codec (DESIGN.md §6-7). The model reads them from here, never re-derives them.
-SEMANTIC_CODEBOOK_SIZE = 8192
-ACOUSTIC_DIM = 36
-ACOUSTIC_LEVELS = 21
-FRAME_RATE = 12.5  # Hz, one frame = 80 ms = 1920 samples at 24 kHz
+# Contract numbers of the codec (DESIGN.md §6-7), owned by manifests.shards (the token spec); re-exported
+# here for the model's modules. ModelConfig checks its copies against them.
+from manifests.shards import (  # noqa: F401 - re-exported
+    ACOUSTIC_DIM,
+    ACOUSTIC_LEVELS,
+    FRAME_RATE,
+    SEMANTIC_CODEBOOK_SIZE,
+    spec_mismatches,
+)
 
 
 class ConfigError(ValueError):
@@ -96,6 +100,10 @@ class ModelConfig:
         for name in ("dim", "n_layers", "ffn_dim", "max_seq_len", "text_vocab_size", "head_layers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ModelConfig({self.name}): {name} must be > 0, got {getattr(self, name)}")
+        bad = spec_mismatches(f"ModelConfig({self.name})", semantic_codebook_size=self.semantic_codebook_size,
+                              acoustic_dim=self.acoustic_dim, acoustic_levels=self.acoustic_levels)
+        if bad:
+            raise ConfigError(bad[0])
 
     @classmethod
     def tiny(cls) -> ModelConfig:

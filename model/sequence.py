@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.config import FRAME_RATE, SEMANTIC_CODEBOOK_SIZE, DataConfig
+from manifests.shards import ACOUSTIC_DIM, FRAME_RATE, SEMANTIC_CODEBOOK_SIZE, TokenSample
+from model.config import DataConfig
 from model.text_tokenizer import TextTokenizer
 
 EOA = SEMANTIC_CODEBOOK_SIZE  # end-of-audio: semantic output class 8192
@@ -35,23 +36,6 @@ class Specials:
 
 
 @dataclass
-class TokenSample:
-    """One utterance read from a token shard. semantic [T] int64, acoustic [T, 36] int64 (levels 0..20)."""
-
-    key: str
-    speaker: str
-    text: str
-    words: list[dict]  # {"word", "start", "end"} in seconds relative to the SOURCE
-    start: float  # segment start in the source, seconds
-    semantic: np.ndarray
-    acoustic: np.ndarray
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.semantic.shape[0])
-
-
-@dataclass
 class Prompt:
     """Voice prompt frames: semantic [P], acoustic [P, 36]; ``source`` is "other", "self" or "none"."""
 
@@ -60,7 +44,7 @@ class Prompt:
     source: str
 
     @staticmethod
-    def none(acoustic_dim: int = 36) -> Prompt:
+    def none(acoustic_dim: int = ACOUSTIC_DIM) -> Prompt:
         return Prompt(np.zeros(0, np.int64), np.zeros((0, acoustic_dim), np.int64), "none")
 
 

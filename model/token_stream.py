@@ -19,7 +19,6 @@ Training streams are infinite (epoch after epoch); eval is one pass.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections import OrderedDict, deque
@@ -32,14 +31,11 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset import tariterators
 
-from model.config import FRAME_RATE, DataConfig
+from manifests.shards import FRAME_RATE, TokenSample, TokenShardError, decode_token_sample
+from model.config import DataConfig
 from model.packing import Packer
-from model.sequence import Prompt, SequenceBuilder, TokenSample, TTSSequence, self_prefix_split
+from model.sequence import Prompt, SequenceBuilder, TTSSequence, self_prefix_split
 from model.text_tokenizer import TextTokenizer
-
-
-class TokenShardError(RuntimeError):
-    """A token shard or one of its samples is unreadable; the message names the shard and the key."""
 
 
 def list_shards(directory: str | Path) -> list[Path]:
@@ -90,31 +86,14 @@ def split_train_eval(shards: list[Path], eval_shards: int) -> tuple[list[Path], 
 
 
 def parse_sample(shard: Path, raw: dict) -> TokenSample:
-    key = raw.get("__key__", "?")
-    if "tokens.npz" not in raw or "json" not in raw:
-        raise TokenShardError(f"{shard}: sample {key} lacks tokens.npz or json (has {sorted(raw)})")
-    try:
-        meta = json.loads(raw["json"])
-        with np.load(io.BytesIO(raw["tokens.npz"])) as z:
-            sem = z["semantic"].astype(np.int64)
-            ac = z["acoustic"].astype(np.int64)
-    except Exception as e:
-        raise TokenShardError(f"{shard}: sample {key} is unreadable: {type(e).__name__}: {e}") from e
-    if sem.ndim != 1 or ac.ndim != 2 or ac.shape[0] != sem.shape[0]:
-        raise TokenShardError(
-            f"{shard}: sample {key}: semantic {sem.shape} / acoustic {ac.shape} shapes disagree"
-        )
-    if abs(float(meta.get("frame_rate", FRAME_RATE)) - FRAME_RATE) > 1e-6:
-        raise TokenShardError(f"{shard}: sample {key}: frame_rate {meta.get('frame_rate')} != {FRAME_RATE}")
-    return TokenSample(
-        key=str(meta.get("key", key)),
-        speaker=str(meta.get("speaker") or meta.get("source_id") or key),
-        text=str(meta.get("text", "")),
-        words=list(meta.get("words") or []),
-        start=float(meta.get("start", 0.0)),
-        semantic=sem,
-        acoustic=ac,
-    )
+    """A WebDataset sample dict (``__key__``, ``tokens.npz``, ``json``) -> TokenSample with int64 codes.
+
+    Decoding and the DESIGN §6 checks are ``manifests.shards.decode_token_sample``'s; the model
+    widens the stored int16 / uint8 codes to int64 (embedding indices) and keys the sample by its
+    JSON's ``key`` when present."""
+    s = decode_token_sample(str(shard), raw.get("__key__", "?"), raw.get("tokens.npz"), raw.get("json"))
+    return TokenSample(key=str(s.meta.get("key", s.key)), semantic=s.semantic.astype(np.int64),
+                       acoustic=s.acoustic.astype(np.int64), meta=s.meta)
 
 
 def _raw_samples(shard: Path, skip: int = 0) -> Iterator[dict]:
@@ -159,12 +138,9 @@ class PromptPicker:
         keep = int(round(cfg.prompt_max_s * FRAME_RATE))
         compact = TokenSample(
             sample.key,
-            sample.speaker,
-            "",
-            [],
-            sample.start,
             sample.semantic[:keep].astype(np.int16),
             sample.acoustic[:keep].astype(np.uint8),
+            {"speaker": sample.speaker, "start": sample.start},
         )
         q = self.seen.pop(sample.speaker, None) or deque(maxlen=max(cfg.speaker_cache, 1))
         q.append(compact)
@@ -357,7 +333,7 @@ class _Consumer:
 
         def sample(name: str, s: TokenSample) -> dict[str, Any]:
             arrays[f"{name}.semantic"], arrays[f"{name}.acoustic"] = s.semantic, s.acoustic
-            return {"key": s.key, "speaker": s.speaker, "text": s.text, "words": s.words, "start": s.start}
+            return {"key": s.key, "meta": s.meta}  # the sample's JSON (speaker, text, words, start...)
 
         def seq(name: str, q: TTSSequence) -> dict[str, Any]:
             for f in _SEQ_ARRAYS:
@@ -418,10 +394,8 @@ class _Consumer:
         _rng_set(self.buf_rng, meta["buffer_rng"])
 
         def sample(name: str, m: dict[str, Any]) -> TokenSample:
-            return TokenSample(
-                m["key"], m["speaker"], m["text"], m["words"], m["start"],
-                np.asarray(arrays[f"{name}.semantic"]), np.asarray(arrays[f"{name}.acoustic"]),
-            )  # fmt: skip
+            return TokenSample(m["key"], np.asarray(arrays[f"{name}.semantic"]),
+                               np.asarray(arrays[f"{name}.acoustic"]), dict(m["meta"]))
 
         def seq(name: str, m: dict[str, Any]) -> TTSSequence:
             parts = {f: np.asarray(arrays[f"{name}.{f}"]) for f in _SEQ_ARRAYS}

@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbone import Backbone, KVCache
-from model.config import ModelConfig
+from model.config import ACOUSTIC_LEVELS, ModelConfig
 from model.flow_head import FlowHead
 from model.sequence import EOA, IGNORE, Specials
 
 
-def levels_to_float(idx: torch.Tensor, levels: int = 21) -> torch.Tensor:
+def levels_to_float(idx: torch.Tensor, levels: int = ACOUSTIC_LEVELS) -> torch.Tensor:
     """FSQ level index 0..levels-1 -> value in [-1, 1] (21 levels: idx / 10 - 1), as codec.acoustic_to_float."""
     return idx.float() * (2.0 / (levels - 1)) - 1.0
 
 
-def float_to_levels(x: torch.Tensor, levels: int = 21) -> torch.Tensor:
+def float_to_levels(x: torch.Tensor, levels: int = ACOUSTIC_LEVELS) -> torch.Tensor:
     """Value in [-1, 1] -> nearest FSQ level index (clamped), as codec.acoustic_from_float."""
     return torch.round((x.float().clamp(-1, 1) + 1.0) * ((levels - 1) / 2.0)).long()
 

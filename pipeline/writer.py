@@ -1,5 +1,8 @@
 """Shard writer with an exactly-once commit protocol (runs in the driver).
 
+The sample format inside a shard (DESIGN §4) is ``manifests/shards.py``'s; this module owns
+when and how shards are committed.
+
 A *part* N is: ``shards/audio/N.tar`` (if it has kept samples), ``manifests/segments/N.parquet``,
 ``manifests/shards/N.parquet`` and, written last, ``manifests/sources/N.parquet``: the commit
 marker. Every file is written to a temporary name and renamed when complete. A source is
@@ -11,7 +14,6 @@ killed run's unfinished part) and temporaries; the sources of that part are then
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import tarfile
@@ -19,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from manifests.shards import add_member, audio_sample_members
 from manifests.store import _fsync_dir, read_table, remove_temporaries, table_dir, write_part
 
 PART_RE = re.compile(r"^(\d{6})\.(tar|parquet)$")
@@ -111,13 +114,6 @@ class ShardWriter:
         self.tar_file = _HashingFile(open(self.tar_tmp, "wb"), self.sha)
         self.tar = tarfile.open(fileobj=self.tar_file, mode="w", format=tarfile.USTAR_FORMAT)
 
-    def _add_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = int(time.time())
-        info.mode = 0o644
-        self.tar.addfile(info, io.BytesIO(data))
-
     def add_source(self, source_row: dict, segment_rows: list[dict], samples: list[dict]) -> bool:
         """Queue one source with all its segments. Returns False for a duplicate (same bytes as
         a source already committed or queued), which is recorded as rejected, its segments not written."""
@@ -133,8 +129,8 @@ class ShardWriter:
         for s in samples:
             if self.tar is None:
                 self._open_tar()
-            self._add_member(f"{s['__key__']}.flac", s["flac"])
-            self._add_member(f"{s['__key__']}.json", s["json"])
+            for name, data in audio_sample_members(s["__key__"], s["flac"], s["json"]):
+                add_member(self.tar, name, data, mtime=int(time.time()))
             self.n_samples += 1
         kept = {s["__key__"] for s in samples}
         for r in segment_rows:

@@ -5,7 +5,7 @@
 #
 # What the kit's code paths import beyond torch, numpy, scipy, pyarrow, safetensors, pytest (all in
 # the reference image, /work/.library/device/KINDS.md):
-#   soundfile (+ cffi, pycparser)  FLAC in the audio shards (codec/audio_stream.py, codec/batching.py)
+#   soundfile (+ cffi, pycparser)  FLAC in the audio shards (codec/audio_stream.py, manifests/shards.py)
 #   soxr                           resampling (codec/eval.py, codec/audio_stream.py)
 #   pystoi                         ESTOI (codec/eval.py)
 #   pesq                           PESQ (codec/eval.py); PyPI has no wheel, only an sdist: built here

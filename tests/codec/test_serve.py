@@ -18,8 +18,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.batching import AudioShardReader, BatchingConfig, EncoderConfig, TokenEncoder, codec_info
 from codec.client import CodecClient, ServiceHTTPError, Tokens, multipart_body
+from codec.speech_codec import codec_info
+from codec.token_encoder import EncoderConfig, TokenEncoder
+from codec.tokenizing.bucketing import AudioShardReader, BatchingConfig
 from tests.codec.conftest import write_audio_shards
 from tests.conftest import REPO
 from tests.tokenize.conftest import _save_tiny

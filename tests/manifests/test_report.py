@@ -23,8 +23,9 @@ import soundfile as sf
 import soxr
 
 from manifests.report import ReportConfig, ReportError, build_report
+from manifests.shards import TokenSample
 from manifests.store import write_part
-from manifests.tokens import TokenSample, commit_token_shard
+from manifests.tokens import commit_token_shard
 from manifests.views import connect
 from pipeline.config import IngestConfig
 from pipeline.writer import ShardWriter

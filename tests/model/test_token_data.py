@@ -66,7 +66,7 @@ def test_silence_weight_uses_source_relative_word_times(samples):
     f_in = int(((first["start"] + first["end"]) / 2 - s.start) * FRAME_RATE)
     assert mask[f_in], "a frame inside the first word must count as speech"
     # Ignoring `start` would put every word past the segment's end: no speech at all.
-    shifted = dataclasses.replace(s, start=0.0)
+    shifted = dataclasses.replace(s, meta={**s.meta, "start": 0.0})
     assert speech_mask(shifted, 0.0).sum() < mask.sum()
     cfg = DataConfig(silence_weight=0.25, silence_margin_s=0.0)
     seq = SequenceBuilder(ByteTokenizer(), cfg).build(s, Prompt.none())

@@ -1,4 +1,5 @@
-"""codec/batching.py without Ray: bucketing, the shard reader, the encoder (on real speech)."""
+"""The tokenize job's parts without Ray: bucketing and the shard reader (codec/tokenizing/),
+the encoder (codec/token_encoder.py), on real speech."""
 
 from __future__ import annotations
 
@@ -12,19 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.batching import (
-    AUDIO_BATCH_SCHEMA,
-    TOKEN_BATCH_SCHEMA,
-    AudioBatch,
-    AudioShardReader,
-    BatchingConfig,
-    TokenBatch,
-    TokenEncoder,
-    flac_stream_info,
-    n_frames,
-    padding_ratio,
-    plan_batches,
-)
+from codec.token_encoder import AudioBatch, SampleFailure, TokenBatch, TokenEncoder
+from codec.tokenizing.bucketing import AudioShardReader, BatchingConfig, padding_ratio, plan_batches
+from codec.tokenizing.engines import AUDIO_BATCH_SCHEMA, TOKEN_BATCH_SCHEMA, read_stage
+from codec.tokenizing.stats import Stats
+from manifests.shards import flac_stream_info, n_frames
 
 torch.set_num_threads(1)  # 2 threads on a busy 2-core machine spin and crawl
 
@@ -164,10 +157,7 @@ def test_batches_survive_the_arrow_round_trip():
 def test_steady_rate_is_timed_on_the_encoders_clocks():
     """Audio after the first encoded batch over the encoders' span, whatever the driver saw:
     3 batches of 10 s finished at t=100, 102, 104 -> 20 s of audio in 4 s."""
-    from tests.tokenize.conftest import load_run_module
-
-    run = load_run_module()
-    st = run.Stats(shards_done=1, audio_seconds=30.0, wall_seconds=60.0, started_at=90.0)
+    st = Stats(shards_done=1, audio_seconds=30.0, wall_seconds=60.0, started_at=90.0)
     for end in (104.0, 100.0, 102.0):  # the driver may receive them in any order, in bursts
         st.record_batch(end, 10.0)
     d = st.finish({"num_actors": 1, "device": "cpu"})
@@ -253,8 +243,6 @@ def test_a_batch_the_codec_fails_on_is_retried_item_by_item_and_bad_items_record
 
 
 def test_empty_batch_passes_failures_through(tiny_codec):
-    from codec.batching import SampleFailure
-
     b = AudioBatch(shard="000003", batch_index=0, n_batches=1,
                    failures=[SampleFailure(key="k", position=0, error="cannot decode FLAC: x")])
     t = TokenEncoder(codec=tiny_codec)([b])[0]
@@ -263,8 +251,6 @@ def test_empty_batch_passes_failures_through(tiny_codec):
 
 def test_an_unreadable_shard_becomes_one_batch_with_the_error(tmp_path):
     import pyarrow as pa
-
-    from codec.batching import read_stage
 
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 40)
     table = pa.table({"shard": ["000001", "000002"], "path": [str(tmp_path / "missing.tar"), str(tmp_path / "junk.tar")]})
@@ -300,9 +286,9 @@ def test_shard_reader_does_not_import_torch(tmp_path):
     shard = tmp_path / "000000.tar"
     _tar(shard, [("k0.flac", _flac((0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32))),
                  ("k0.json", b'{"key": "k0"}')])
-    code = ("import sys, pyarrow as pa, codec.batching as b\n"
+    code = ("import sys, pyarrow as pa, codec.tokenizing.engines as e, codec.tokenizing.bucketing as b\n"
             f"t = pa.table({{'shard': ['000000'], 'path': [{str(shard)!r}]}})\n"
-            "rows = sum(len(x) for x in b.read_stage(t, b.BatchingConfig()))\n"
+            "rows = sum(len(x) for x in e.read_stage(t, b.BatchingConfig()))\n"
             "print(rows, 'torch' in sys.modules)\n"
             "from codec import Codec\n"
             "print('torch' in sys.modules)")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from codec.batching import AudioBatch, EncoderConfig, TokenEncoder, n_frames
+from codec.token_encoder import AudioBatch, EncoderConfig, TokenEncoder
+from manifests.shards import n_frames
 
 pytestmark = [
     pytest.mark.gpu,

@@ -20,9 +20,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.batching import codec_info
+from codec.speech_codec import codec_info
+from codec.tokenizing.plan import lock_codec_tree
+from codec.tokenizing.resources import cpu_actor_memory, default_cpu_actors, resolve_resources
+from manifests.shards import read_token_shard
 from manifests.store import read_table, write_part
-from manifests.tokens import read_token_shard, token_tree
+from manifests.tokens import token_tree
 from manifests.views import connect
 from tests.conftest import REPO
 
@@ -229,27 +232,27 @@ def test_options_that_cannot_work_are_refused_with_a_fix(ingested, codec_a, ray_
     with pytest.raises(run_module.TokenizeConfigError, match="batch-seconds"):
         cfg(input=str(ingested), codec=str(codec_a), batch_seconds=0)
     with pytest.raises(run_module.TokenizeConfigError, match="no GPU"):
-        run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), device="cuda"))
+        resolve_resources(cfg(input=str(ingested), codec=str(codec_a), device="cuda"))
     # 2 actors x 1 CPU + a 1-CPU reader on a 2-CPU Ray would hang: refused up front
     with pytest.raises(run_module.TokenizeConfigError, match="lower --num-actors"):
-        run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2))
-    rr = run_module.resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2,
+        resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2))
+    rr = resolve_resources(cfg(input=str(ingested), codec=str(codec_a), num_actors=2,
                                           cpus_per_actor=0.75, read_cpus=0.5))
     assert rr["device"] == "cpu" and rr["num_actors"] == 2 and rr["threads"] == 1
 
 
 def test_a_second_job_on_the_same_output_and_codec_is_refused(corpus, codec_a, run_module):
-    lock = run_module._lock_codec_tree(str(corpus), codec_info(codec_a).codec_id)
+    lock = lock_codec_tree(str(corpus), codec_info(codec_a).codec_id)
     try:
         with pytest.raises(run_module.TokenizeConfigError, match="another tokenize job"):
             run_module.run(run_module.TokenizeConfig(input=str(corpus), codec=str(codec_a)))
     finally:
         lock.close()
-    run_module._lock_codec_tree(str(corpus), codec_info(codec_a).codec_id).close()  # free again
+    lock_codec_tree(str(corpus), codec_info(codec_a).codec_id).close()  # free again
 
 
 def test_cpu_actors_fill_the_cluster_and_leave_room_for_readers(run_module):
-    f = run_module.default_cpu_actors
+    f = default_cpu_actors
     assert f(2, 1.0, 1.0) == 1  # 1 encoder + 1 reader: what fits on 2 CPUs
     assert f(16, 1.0, 1.0) == 14  # 2 readers' CPUs kept (one per 9 CPUs)
     assert f(64, 1.0, 1.0) == 56
@@ -261,8 +264,8 @@ def test_cpu_actors_fill_the_cluster_and_leave_room_for_readers(run_module):
         assert n + 1 <= cpus  # at least one reader always fits: the job cannot hang for a reader
     # Memory caps the count: a 300M-parameter codec on a 64-CPU, 128 GB node must not start 56 copies.
     gib = 2**30
-    big = run_module.cpu_actor_memory(1223 * 2**20, 120.0)  # voxtral's fp32 weights, 120 s batches
-    small = run_module.cpu_actor_memory(31 * 2**20, 120.0)  # tiny's
+    big = cpu_actor_memory(1223 * 2**20, 120.0)  # voxtral's fp32 weights, 120 s batches
+    small = cpu_actor_memory(31 * 2**20, 120.0)  # tiny's
     assert 0.6 * gib < small < 0.9 * gib < 2 * gib < big  # measured peaks: 0.68 GiB and (20 s) 1.9 GiB
     assert f(64, 1.0, 1.0, memory=90 * gib, actor_memory=big) == int(90 * gib // big) < 56
     assert f(64, 1.0, 1.0, memory=90 * gib, actor_memory=small) == 56  # CPUs, not memory, bound it

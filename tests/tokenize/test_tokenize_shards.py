@@ -1,4 +1,4 @@
-"""manifests/tokens.py: token shard format, the commit protocol, cleanup, reassembly."""
+"""manifests/shards.py (token shard format) and manifests/tokens.py (commit protocol, cleanup, reassembly)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,15 @@ import tarfile
 import numpy as np
 import pytest
 
-from codec.batching import SampleFailure, TokenBatch
+from codec.token_encoder import SampleFailure, TokenBatch
+from manifests.shards import TokenSample, TokenShardError, read_token_shard, token_tar_bytes
 from manifests.store import read_table
 from manifests.tokens import (
     ShardAssembler,
-    TokenSample,
-    TokenShardError,
     clean_uncommitted,
     commit_token_shard,
     committed_shards,
-    read_token_shard,
     token_shard_path,
-    token_tar_bytes,
 )
 
 CID = "tiny-0123456789ab"
