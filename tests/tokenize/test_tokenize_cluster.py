@@ -27,7 +27,7 @@ def _audio_keys(tar_path) -> list[str]:
 
 
 def test_tokenize_survives_losing_a_worker_node_under_a_batch_in_flight(ingested, codec_a, tmp_path):
-    from codec.batching import codec_info
+    from codec.speech_codec import codec_info
 
     out, marks = tmp_path / "out", tmp_path / "marks"
     shutil.copytree(ingested, out)
