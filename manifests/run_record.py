@@ -152,6 +152,24 @@ class RunRecord:
         return False
 
 
+def retry_settings_error(max_restarts: int, max_task_retries: int, max_errored_blocks: int) -> str | None:
+    """What is wrong with a job's Ray fault-tolerance settings (README "Faults and retries"), as a
+    message that says how to fix it; None when they are sound. ``max_restarts``: restarts of an
+    actor whose process died (-1: always); ``max_task_retries``: resubmissions of its batch;
+    ``max_errored_blocks``: batches Ray Data may drop after that (-1: any number)."""
+    if max_restarts < -1 or max_errored_blocks < -1:
+        return (f"--max-restarts and --max-errored-blocks are counts >= 0, or -1 for no limit; got "
+                f"{max_restarts}, {max_errored_blocks}")
+    if max_task_retries < 0:
+        # -1 (Ray's "retry forever") would never end a run that has an input killing its actor
+        return (f"--max-task-retries must be >= 0 (resubmissions of a batch whose actor died; -1, retry "
+                f"forever, would never end a run whose batch kills its actor every time), got {max_task_retries}")
+    if max_restarts == 0 and max_task_retries > 0:
+        return ("--max-task-retries > 0 needs --max-restarts != 0 (a retry runs on the restarted actor); set "
+                "--max-restarts to -1 or at least --max-task-retries")
+    return None
+
+
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int | None = None,
               env_vars: Mapping[str, str] | None = None, hook_prefix: str | None = None) -> None:
     """Connect to the Ray cluster at ``address`` (else ``$RAY_ADDRESS``, as ``ray job submit``

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from manifests.config_cli import cli
+from manifests.run_record import retry_settings_error
 
 PIPELINE_VERSION = "0.1.0"
 
@@ -264,16 +265,8 @@ class IngestConfig:
             raise ConfigError(f"min_speakers ({self.min_speakers}) is above max_speakers ({self.max_speakers})")
         if self.analysis_rate != 16_000:
             raise ConfigError("analysis_rate must be 16000: the VAD, ASR and speaker models are 16 kHz models")
-        if self.max_restarts < -1 or self.max_errored_blocks < -1:
-            raise ConfigError(f"max_restarts and max_errored_blocks are counts >= 0, or -1 for no limit; got "
-                              f"{self.max_restarts}, {self.max_errored_blocks}")
-        if self.max_task_retries < 0:
-            # -1 (Ray's "retry forever") would never end a run that has a source killing its actor
-            raise ConfigError(f"max_task_retries must be >= 0 (retries of a batch whose actor died), got "
-                              f"{self.max_task_retries}")
-        if self.max_restarts == 0 and self.max_task_retries > 0:
-            raise ConfigError("max_task_retries > 0 needs max_restarts != 0 (a retry runs on the restarted actor); "
-                              "set max_restarts to -1 or at least max_task_retries")
+        if (msg := retry_settings_error(self.max_restarts, self.max_task_retries, self.max_errored_blocks)):
+            raise ConfigError(msg)
         resources = _default_resources()
         for k, v in (self.resources or {}).items():
             if k not in resources:

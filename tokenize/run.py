@@ -36,7 +36,7 @@ from codec.tokenizing.plan import lock_codec_tree, plan_shards
 from codec.tokenizing.resources import local_resources, resolve_resources
 from codec.tokenizing.stats import Stats
 from manifests.config_cli import cli, parse_config
-from manifests.run_record import RunRecord, start_ray
+from manifests.run_record import RunRecord, retry_settings_error, start_ray
 
 log = logging.getLogger("tokenize.run")
 
@@ -126,15 +126,8 @@ class TokenizeConfig:
             raise TokenizeConfigError(f"--engine must be ray or local, got {self.engine!r}")
         if self.engine == "local" and (self.num_actors or 1) > 1:
             raise TokenizeConfigError("--engine local runs one encoder: drop --num-actors or use --engine ray")
-        if self.max_restarts < -1 or self.max_errored_blocks < -1:
-            raise TokenizeConfigError(f"--max-restarts and --max-errored-blocks are counts >= 0, or -1 for no "
-                                      f"limit; got {self.max_restarts}, {self.max_errored_blocks}")
-        if self.max_task_retries < 0:
-            raise TokenizeConfigError(f"--max-task-retries must be >= 0 (-1, retry forever, would never end a run "
-                                      f"whose batch kills its actor every time), got {self.max_task_retries}")
-        if self.max_restarts == 0 and self.max_task_retries > 0:
-            raise TokenizeConfigError("--max-task-retries > 0 needs --max-restarts != 0 (a retry runs on the "
-                                      "restarted actor)")
+        if (msg := retry_settings_error(self.max_restarts, self.max_task_retries, self.max_errored_blocks)):
+            raise TokenizeConfigError(msg)
         if self.ray_address is None:
             self.ray_address = os.environ.get("RAY_ADDRESS") or None
 

@@ -23,9 +23,9 @@ def cfg(**kw) -> IngestConfig:
 def test_retry_settings_are_validated_with_a_way_out():
     c = cfg()
     assert (c.max_restarts, c.max_task_retries, c.max_errored_blocks) == (-1, 3, -1)
-    with pytest.raises(ConfigError, match="max_task_retries must be >= 0"):
+    with pytest.raises(ConfigError, match="--max-task-retries must be >= 0"):
         cfg(max_task_retries=-1)  # Ray's "forever" would never end a run with a poisoned source
-    with pytest.raises(ConfigError, match="needs max_restarts != 0"):
+    with pytest.raises(ConfigError, match="needs --max-restarts != 0"):
         cfg(max_restarts=0, max_task_retries=2)
     with pytest.raises(ConfigError, match=">= 0, or -1"):
         cfg(max_errored_blocks=-2)
