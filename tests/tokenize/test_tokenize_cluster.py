@@ -13,8 +13,9 @@ import tarfile
 
 import pytest
 
+from manifests.shards import read_token_shard
 from manifests.store import read_table
-from manifests.tokens import read_token_shard, token_tree
+from manifests.tokens import token_tree
 from tests.conftest import REPO
 from tests.ray_cluster import local_cluster, lose_node_under, wait_for
 
