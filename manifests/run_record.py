@@ -16,6 +16,7 @@ is unchanged (status and timings live in the ``stats`` JSON), so older rows read
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ import platform
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
@@ -168,6 +170,17 @@ def retry_settings_error(max_restarts: int, max_task_retries: int, max_errored_b
         return ("--max-task-retries > 0 needs --max-restarts != 0 (a retry runs on the restarted actor); set "
                 "--max-restarts to -1 or at least --max-task-retries")
     return None
+
+
+@contextlib.contextmanager
+def actor_retry_args_allowed():
+    """Around ``map_batches(..., max_restarts=..., max_task_retries=...)``: Ray 2.60 takes these two
+    only as extra ``**ray_remote_args``, and warns on every call that those are deprecated (to be
+    removed in Ray 2.64, with no named parameter for them yet). The warning says nothing a user
+    can act on, so it is silenced here, for that one message; revisit when Ray is upgraded."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        yield
 
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int | None = None,

@@ -121,6 +121,7 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str], isolate: bool = F
     import ray
     from ray.data import ActorPoolStrategy
 
+    from manifests.run_record import actor_retry_args_allowed
     from pipeline.stages import Assemble, Diarize, HashAndDecode, Segment, Transcribe
 
     quiet_ray_data()
@@ -148,13 +149,15 @@ def build_dataset(paths: list[str], cfg, done: frozenset[str], isolate: bool = F
                     # (to be removed in 2.64, with no named parameter for them yet): revisit on upgrade.
                     max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries)
 
-    ds = ds.map_batches(**task(DecodeActor, "decode", (HashAndDecode,), cfg, done))
-    # Segment and diarize share one actor: both need pyannote, whose import alone costs ~10 s of
-    # CPU per process (lightning, torchmetrics), and the diarizer reuses the segmentation scores.
-    ds = ds.map_batches(**task(SegmentDiarizeActor, "segment+diarize", (Segment, Diarize), seg_cfg))
-    # on a GPU several sources per call: short files share Whisper batches (Transcriber.transcribe_many)
-    ds = ds.map_batches(**task(TranscribeActor, "transcribe", (Transcribe,), cfg, batch_size=cfg.transcribe_batch))
-    ds = ds.map_batches(**task(AssembleActor, "assemble", (Assemble,), cfg))
+    with actor_retry_args_allowed():
+        ds = ds.map_batches(**task(DecodeActor, "decode", (HashAndDecode,), cfg, done))
+        # Segment and diarize share one actor: both need pyannote, whose import alone costs ~10 s of
+        # CPU per process (lightning, torchmetrics), and the diarizer reuses the segmentation scores.
+        ds = ds.map_batches(**task(SegmentDiarizeActor, "segment+diarize", (Segment, Diarize), seg_cfg))
+        # on a GPU several sources per call: short files share Whisper batches (Transcriber.transcribe_many)
+        ds = ds.map_batches(**task(TranscribeActor, "transcribe", (Transcribe,), cfg,
+                                   batch_size=cfg.transcribe_batch))
+        ds = ds.map_batches(**task(AssembleActor, "assemble", (Assemble,), cfg))
     return ds
 
 

@@ -56,6 +56,8 @@ def build_dataset(cfg, todo: list[tuple[str, str]], info: CodecInfo, rr: dict):
     """The Ray Data pipeline: shard list -> read+bucket (tasks) -> encode (actor pool)."""
     import ray
 
+    from manifests.run_record import actor_retry_args_allowed
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # the driver puts batches back in order
     ctx.enable_progress_bars = cfg.progress_bars
@@ -71,19 +73,20 @@ def build_dataset(cfg, todo: list[tuple[str, str]], info: CodecInfo, rr: dict):
     read_memory = int(4 * cfg.batch_seconds * info.sample_rate * 2 + READER_BASE_MIB * 2**20)
     ds = ds.map_batches(read_stage, fn_kwargs={"config": bcfg}, batch_size=1, batch_format="pyarrow",
                         num_cpus=cfg.read_cpus, memory=read_memory)
-    ds = ds.map_batches(
-        EncodeStage,
-        fn_constructor_kwargs={"config": ecfg, "expected_codec_id": info.codec_id},
-        batch_size=rr["batches_per_call"],
-        batch_format="pyarrow",
-        num_gpus=rr["gpus_per_actor"] if rr["device"] == "cuda" else 0,
-        num_cpus=cfg.cpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=rr["num_actors"]),
-        # Ray core's actor fault tolerance (Ray Data's default, -1/-1, retries forever); extra
-        # **ray_remote_args, deprecated in Ray 2.60 (see pipeline/ray_adapter.py)
-        max_restarts=cfg.max_restarts,
-        max_task_retries=cfg.max_task_retries,
-    )
+    with actor_retry_args_allowed():
+        ds = ds.map_batches(
+            EncodeStage,
+            fn_constructor_kwargs={"config": ecfg, "expected_codec_id": info.codec_id},
+            batch_size=rr["batches_per_call"],
+            batch_format="pyarrow",
+            num_gpus=rr["gpus_per_actor"] if rr["device"] == "cuda" else 0,
+            num_cpus=cfg.cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=rr["num_actors"]),
+            # Ray core's actor fault tolerance (Ray Data's default, -1/-1, retries forever); extra
+            # **ray_remote_args, deprecated in Ray 2.60 (see pipeline/ray_adapter.py)
+            max_restarts=cfg.max_restarts,
+            max_task_retries=cfg.max_task_retries,
+        )
     return ds
 
 
