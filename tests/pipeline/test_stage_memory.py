@@ -25,11 +25,12 @@ def test_every_stage_declares_its_measured_memory_and_the_cli_overrides_it():
     assert cfg.resources["assemble"].memory_mib == _default_resources()["assemble"].memory_mib
 
 
-def test_negative_memory_is_refused_with_how_to_fix_it():
+def test_negative_memory_is_refused_with_how_to_fix_it(capsys):
     with pytest.raises(ConfigError, match="memory_mib must be >= 0"):
         StageResources(memory_mib=-1)
-    with pytest.raises(ConfigError, match="memory_mib must be >= 0"):  # set after construction, as the CLI does
+    with pytest.raises(SystemExit) as e:  # set after construction, as the CLI does: an argparse error
         parse_args(["--input", "x", "--output", "y", "--memory", "transcribe=-5"])
+    assert e.value.code == 2 and "memory_mib must be >= 0" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="memory_mib must be >= 0"):
         IngestConfig(inputs=["x"], output="y", resources={"decode": {"memory_mib": -1}})
 
