@@ -84,7 +84,7 @@ def _stage_fault(stage: str, path: str) -> None:
         if mode == "hold":
             hold_until_released(marker_dir, f"{stage}-{name}")
             continue
-        raise ValueError(f"VOXFORGE_STAGE_FAULT: unknown mode {mode!r} in {one!r}; modes: raise, exit, exit_once")
+        raise ValueError(f"VOXFORGE_STAGE_FAULT: unknown mode {mode!r} in {one!r}; modes: raise, exit, exit_once, hold")
 
 
 def hold_until_released(marker_dir: str, tag: str, timeout: float = 600.0) -> None:
