@@ -301,7 +301,8 @@ def load(ckpt: Path) -> Loaded:
 # ---- full (unsharded) state of a possibly DDP/FSDP-wrapped module ----
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Collective under FSDP: (model state, optimiser state) gathered to full tensors on the CPU,
-    parameter names without wrapper prefixes. Every rank holds the full copy while saving."""
+    parameter names without wrapper prefixes. With ``cpu_offload`` the full copy is gathered to rank 0
+    only (the other ranks get empty dicts): one rank's host memory holds it, not every rank's."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

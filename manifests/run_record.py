@@ -191,7 +191,8 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, object
 
     A local Ray's workers get this checkout first on their PYTHONPATH, so that they import the
     same code as the driver (an editable install of another checkout would win otherwise), and
-    ``env_vars``. On a cluster, ``ray job submit --working-dir .`` does that for the job.
+    ``env_vars`` (a local Ray only: on a cluster the job's own runtime environment, e.g.
+    ``ray job submit --working-dir . --runtime-env-json ...``, sets the workers' environment).
     ``hook_prefix``: environment variables of this process named so (a test's fault hooks) are
     passed to a cluster's workers too, which its raylets start, not this process. Ray's own INFO
     lines ("Started a local Ray instance") stay off the console (``logging_level``).

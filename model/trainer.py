@@ -213,7 +213,7 @@ class Trainer:
             )
 
     def save(self) -> Path | None:
-        """Collective (FSDP gathers the full state on every rank); rank 0 writes."""
+        """Collective (FSDP gathers the full state to rank 0, on the CPU); rank 0 writes."""
         msd, osd = checkpoint.full_state(self.model, self.optimizer)  # full copies on rank 0 only
         mine = checkpoint.RankState.capture(self.loader.state_dict(), self.loader.state_arrays(), self.device)
 

@@ -14,6 +14,7 @@ import stat
 import time
 import traceback
 
+from manifests.fault_hooks import hold_until_released
 from pipeline.config import AUDIO_EXTENSIONS, IngestConfig
 from pipeline.errors import NotAFile, SourceError, StageFailure, Unreadable
 
@@ -85,21 +86,6 @@ def _stage_fault(stage: str, path: str) -> None:
             hold_until_released(marker_dir, f"{stage}-{name}")
             continue
         raise ValueError(f"VOXFORGE_STAGE_FAULT: unknown mode {mode!r} in {one!r}; modes: raise, exit, exit_once, hold")
-
-
-def hold_until_released(marker_dir: str, tag: str, timeout: float = 600.0) -> None:
-    """Test hook: announce this process (``held-<tag>`` holds its pid) and wait for ``release``
-    in ``marker_dir``; returns at once when released before (a retry after the test's fault)."""
-    release = os.path.join(marker_dir, "release")
-    if os.path.exists(release):
-        return
-    held = os.path.join(marker_dir, f"held-{tag}")
-    with open(held + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.replace(held + ".tmp", held)  # the test never reads half a pid
-    deadline = time.time() + timeout
-    while not os.path.exists(release) and time.time() < deadline:
-        time.sleep(0.1)
 
 
 def rows_of(batch: Batch) -> list[dict]:

@@ -148,50 +148,52 @@ def run(cfg: TokenizeConfig) -> dict:
     t_start = time.time()
     out = cfg.input
     info = codec_info(cfg.codec)
-    lock = lock_codec_tree(out, info.codec_id)  # held until this process exits (even if killed)
-    run_record = RunRecord(out, "tokenize", cfg, packages=("soxr",), extra_versions={"codec_id": info.codec_id})
+    lock = lock_codec_tree(out, info.codec_id)  # dropped by the OS if this process is killed
+    try:  # the lock goes with the run, also when it fails (a second run() here must not find it held)
+        run_record = RunRecord(out, "tokenize", cfg, packages=("soxr",), extra_versions={"codec_id": info.codec_id})
 
-    # Plan: clean up after a killed run, skip the shards this codec already committed.
-    plan = plan_shards(out, info.codec_id, cfg.shards)
-    stats = Stats(shards_total=plan.total, shards_skipped=plan.skipped, uncommitted_removed=len(plan.removed))
-    cfg.resolved.update(codec_id=info.codec_id, run_id=run_record.run_id, frame_rate=info.frame_rate,
-                        sample_rate=info.sample_rate, samples_per_frame=info.samples_per_frame)
-    log.info("run %s: codec %s; %d committed audio shards, %d already tokenized, %d to do",
-             run_record.run_id, info.codec_id, plan.total, plan.skipped, len(plan.todo))
-    rr: dict = {}
-    with run_record:  # the runs row: written now, and again with the summary (or the error) at the end
-        if plan.todo:
-            if cfg.engine == "ray":
-                # VOXFORGE_ENCODE_FAULT*: the encoder's test hook, passed on to a cluster's workers
-                start_ray(cfg.ray_address, object_store_mb=cfg.object_store_mb, hook_prefix="VOXFORGE_ENCODE_FAULT")
-                rr = resolve_resources(cfg)
-            else:
-                rr = local_resources(cfg)
-            cfg.resolved.update(rr)
+        # Plan: clean up after a killed run, skip the shards this codec already committed.
+        plan = plan_shards(out, info.codec_id, cfg.shards)
+        stats = Stats(shards_total=plan.total, shards_skipped=plan.skipped, uncommitted_removed=len(plan.removed))
+        cfg.resolved.update(codec_id=info.codec_id, run_id=run_record.run_id, frame_rate=info.frame_rate,
+                            sample_rate=info.sample_rate, samples_per_frame=info.samples_per_frame)
+        log.info("run %s: codec %s; %d committed audio shards, %d already tokenized, %d to do",
+                 run_record.run_id, info.codec_id, plan.total, plan.skipped, len(plan.todo))
+        rr: dict = {}
+        with run_record:  # the runs row: written now, and again with the summary (or the error) at the end
+            if plan.todo:
+                if cfg.engine == "ray":
+                    # VOXFORGE_ENCODE_FAULT*: the encoder's test hook, passed on to a cluster's workers
+                    start_ray(cfg.ray_address, object_store_mb=cfg.object_store_mb, hook_prefix="VOXFORGE_ENCODE_FAULT")
+                    rr = resolve_resources(cfg)
+                else:
+                    rr = local_resources(cfg)
+                cfg.resolved.update(rr)
+                run_record.set_config(cfg)
+
+                # Read -> batch -> encode: TokenBatches in completion order, from any reader and encoder.
+                batches = token_batches(cfg, plan.todo, info, rr)
+                # Commit: a shard is put back in order and committed when its last batch arrives.
+                assembler = ShardAssembler()
+                fault = fault_hook()
+                stats.started_at = time.time()
+                for batch in batches:
+                    if batch.encode_end:
+                        stats.record_batch(batch.encode_end, sum(batch.n_samples) / info.sample_rate)
+                    shard = assembler.add(batch)
+                    if shard is not None:
+                        commit_shard(out, info, shard, run_record.run_id, stats, fault, len(plan.todo))
+                stats.wall_seconds = time.time() - stats.started_at
+                if assembler.open_shards:  # batches lost after Ray's retries (max_errored_blocks): say so loudly
+                    stats.shards_failed += len(assembler.open_shards)
+                    log.error("shards with missing batches, not committed (a rerun redoes them): %s",
+                              assembler.open_shards)
+            stats.total_seconds = time.time() - t_start
+            result = stats.finish(rr)
             run_record.set_config(cfg)
-
-            # Read -> batch -> encode: TokenBatches in completion order, from any reader and encoder.
-            batches = token_batches(cfg, plan.todo, info, rr)
-            # Commit: a shard is put back in order and committed when its last batch arrives.
-            assembler = ShardAssembler()
-            fault = fault_hook()
-            stats.started_at = time.time()
-            for batch in batches:
-                if batch.encode_end:
-                    stats.record_batch(batch.encode_end, sum(batch.n_samples) / info.sample_rate)
-                shard = assembler.add(batch)
-                if shard is not None:
-                    commit_shard(out, info, shard, run_record.run_id, stats, fault, len(plan.todo))
-            stats.wall_seconds = time.time() - stats.started_at
-            if assembler.open_shards:  # batches lost after Ray's retries (max_errored_blocks): say so loudly
-                stats.shards_failed += len(assembler.open_shards)
-                log.error("shards with missing batches, not committed (a rerun redoes them): %s",
-                          assembler.open_shards)
-        stats.total_seconds = time.time() - t_start
-        result = stats.finish(rr)
-        run_record.set_config(cfg)
-        run_record.summary = result
-    lock.close()
+            run_record.summary = result
+    finally:
+        lock.close()
     return result
 
 

@@ -152,7 +152,7 @@ def _encode_fault(batches) -> None:
     if mode != "hold":
         raise ValueError(f"VOXFORGE_ENCODE_FAULT: unknown mode {mode!r}; use hold:SHARD")
     if any(b.shard == shard for b in batches):
-        from pipeline.stages import hold_until_released
+        from manifests.fault_hooks import hold_until_released
 
         hold_until_released(os.environ["VOXFORGE_ENCODE_FAULT_DIR"], f"encode-{shard}")
 

@@ -10,9 +10,10 @@ import textwrap
 
 import pytest
 
+from manifests.fault_hooks import hold_until_released
 from pipeline.config import ConfigError, IngestConfig
 from pipeline.errors import ActorDied
-from pipeline.stages import _stage_fault, hold_until_released
+from pipeline.stages import _stage_fault
 from tests.conftest import REPO
 
 
