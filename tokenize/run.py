@@ -35,7 +35,7 @@ from codec.tokenizing.commit import commit_shard, fault_hook
 from codec.tokenizing.plan import lock_codec_tree, plan_shards
 from codec.tokenizing.resources import local_resources, resolve_resources
 from codec.tokenizing.stats import Stats
-from manifests.config_cli import cli, parse_config
+from manifests.config_cli import cli, config_from_args, config_parser
 from manifests.run_record import RunRecord, retry_settings_error, start_ray
 
 log = logging.getLogger("tokenize.run")
@@ -223,14 +223,13 @@ def format_summary(s: dict) -> str:
 
 def build_parser():
     """TokenizeConfig's fields as flags (their help and defaults live in the dataclass)."""
-    from manifests.config_cli import config_parser
-
     return config_parser(TokenizeConfig, prog="python tokenize/run.py", description=__doc__)
 
 
 def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     """argv -> the validated TokenizeConfig; a bad value exits with status 2 and the message."""
-    return parse_config(TokenizeConfig, argv, prog="python tokenize/run.py", description=__doc__)
+    ap = build_parser()
+    return config_from_args(TokenizeConfig, ap.parse_args(argv), ap)
 
 
 def main(argv: list[str] | None = None) -> int:
