@@ -16,7 +16,8 @@ from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.diarize import Diarization
 from pipeline.quality import drop_reason, frame_power, measure, noise_floor
 from pipeline.transcribe import Transcript
-from pipeline.utterances import assign_speakers, build_utterances, speaker_purity, untranscribed_turns
+from pipeline.utterances import (assign_speakers, build_utterances, overlapped_turns, speaker_purity,
+                                 untranscribed_turns)
 
 
 def encode_flac(pcm16: np.ndarray, rate: int) -> bytes:
@@ -63,7 +64,10 @@ class Assembler:
             labels = ["SPEAKER_00"]
         utts = build_utterances(words, max_pause=cfg.max_pause, max_duration=cfg.max_duration,
                                 min_duration=cfg.min_duration, edge_pad=cfg.edge_pad, total=total, turns=exclusive)
-        utts = sorted(utts + untranscribed_turns(exclusive, utts, max_pause=cfg.max_pause), key=lambda u: u.start)
+        utts = utts + untranscribed_turns(exclusive, utts, max_pause=cfg.max_pause)
+        if diarization is not None:
+            utts += overlapped_turns(diarization.turns, utts, max_pause=cfg.max_pause)
+        utts = sorted(utts, key=lambda u: (u.start, u.end))
         noise = noise_floor(frame_power(audio16))
         sid = source["source_id"]
         rows, samples = [], []

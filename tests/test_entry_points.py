@@ -76,9 +76,24 @@ def test_no_module_next_to_a_script_shadows_an_importable_module():
     assert not offenders, offenders
 
 
+# Defaults changed on purpose since the capture, with the reason: (script, flag) -> what it is now.
+CHANGED_SINCE_CAPTURE = {
+    # issue 11: segmentation-3.0 + CAM++ + a calibrated threshold became the offline diarizer
+    ("pipeline/ingest.py", "--vad-model"): {"default": "segmentation-3.0", "required": False, "choices": None,
+                                            "nargs": None},
+    ("pipeline/ingest.py", "--clustering"): {"default": "threshold", "required": False,
+                                             "choices": ["threshold", "silhouette"], "nargs": None},
+    ("pipeline/ingest.py", "--cluster-threshold"): {"default": None, "required": False, "choices": None,
+                                                    "nargs": None},
+    ("pipeline/ingest.py", "--overlap-threshold"): {"default": 0.1, "required": False, "choices": None,
+                                                    "nargs": None},
+}
+
+
 def test_the_built_command_lines_keep_every_flag_and_default():
     """The flags of the converted scripts as they were built by hand (captured before issue 13 in
-    tests/cli_flags_before_issue13.json): each is still there, with its default, choices and nargs."""
+    tests/cli_flags_before_issue13.json): each is still there, with its default, choices and nargs,
+    unless ``CHANGED_SINCE_CAPTURE`` says why it changed."""
     import json
 
     from codec.train import build_parser as codec_train
@@ -100,7 +115,7 @@ def test_the_built_command_lines_keep_every_flag_and_default():
             a = now[flag]
             got = {"default": a.default, "required": a.required, "choices": list(a.choices) if a.choices else None,
                    "nargs": a.nargs}
-            assert got == was, (script, flag, got, was)
+            assert got == CHANGED_SINCE_CAPTURE.get((script, flag), was), (script, flag, got, was)
 
 
 def _load_tokenize_run():

@@ -1,4 +1,4 @@
-"""The offline diarizer on a real 4-speaker AMI meeting: speaker count, hints, clustering."""
+"""The offline diarizer on a real 4-speaker AMI meeting: speaker count, hints, encoders, clustering."""
 
 from __future__ import annotations
 
@@ -28,10 +28,15 @@ def meeting():
 
 
 def _diarize(row: dict, argv: list[str]) -> list[tuple[float, float, str]]:
-    from pipeline.stages import Diarize
+    """The segment and diarize stages as the ingest runs them with ``argv`` (the segmentation
+    is redone when ``argv`` picks another segmentation model than the fixture's default)."""
+    from pipeline.stages import Diarize, Segment
 
+    cfg = parse_args(["--input", "x", "--output", "x", *argv])
     r = dict(row)
-    Diarize(parse_args(["--input", "x", "--output", "x", *argv])).process(r)
+    if cfg.vad_model != IngestConfig.vad_model:
+        Segment(cfg).process(r)
+    Diarize(cfg).process(r)
     return r["diarization"].turns
 
 
@@ -43,17 +48,24 @@ def test_speaker_hints_change_the_result_as_documented(meeting):
     assert len(labels(_diarize(row, ["--min-speakers", "5"]))) == 5
 
 
-def test_silhouette_finds_the_speakers_a_fixed_threshold_merges(meeting):
+def test_the_offline_default_beats_the_previous_one_on_a_real_meeting(meeting):
+    """ES2004a, 60 s, 4 speakers (a held-out recording of bench/diarization.py). The default
+    (segmentation-3.0 + CAM++ + threshold) against the previous default (the 2022 segmentation
+    model + resemblyzer + silhouette) and against resemblyzer at a fixed threshold, which merged
+    this meeting's speakers."""
     row, ref = meeting
     uri = MEETING.name
-    new = _diarize(row, [])
-    old = _diarize(row, ["--clustering", "threshold", "--cluster-threshold", "0.6"])
-    d_new = der({uri: ref}, {uri: annotation(new, uri)}, collar=0.5)["der"]
-    d_old = der({uri: ref}, {uri: annotation(old, uri)}, collar=0.5)["der"]
-    print(f"\nES2004a 60 s: silhouette {len({t[2] for t in new})} speakers DER {d_new:.3f}; "
-          f"threshold 0.6 {len({t[2] for t in old})} speakers DER {d_old:.3f}")
-    assert abs(len({t[2] for t in new}) - 4) <= 1
-    assert d_new < 0.25 and d_new < d_old
+    runs = {"default": [], "previous": ["--vad-model", "whisperx", "--speaker-encoder", "resemblyzer",
+                                        "--clustering", "silhouette"],
+            "resemblyzer-threshold": ["--vad-model", "whisperx", "--speaker-encoder", "resemblyzer",
+                                      "--clustering", "threshold"]}
+    turns = {name: _diarize(row, argv) for name, argv in runs.items()}
+    ders = {name: der({uri: ref}, {uri: annotation(t, uri)}, collar=0.5)["der"] for name, t in turns.items()}
+    counts = {name: len({x[2] for x in t}) for name, t in turns.items()}
+    print(f"\nES2004a 60 s: DER {ders}, speakers {counts}")
+    assert abs(counts["default"] - 4) <= 1
+    assert ders["default"] < 0.15
+    assert ders["default"] < ders["previous"] < ders["resemblyzer-threshold"]
 
 
 def test_choose_clusters_counts_separated_groups_and_obeys_bounds():

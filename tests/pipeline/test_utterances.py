@@ -105,3 +105,23 @@ def test_diarized_speech_without_words_becomes_wordless_utterances():
     assert [(u.start, u.end, u.speaker, u.text) for u in extra] == [(1.0, 2.3, "B", ""), (5.0, 6.0, "A", "")]
     # the part of a turn that an utterance covers is not repeated
     assert untranscribed_turns([(0.0, 0.9, "A")], utts) == []
+
+
+def test_a_voice_heard_under_another_gets_its_own_overlap_rows():
+    from pipeline.config import IngestConfig
+    from pipeline.quality import drop_reason
+    from pipeline.utterances import overlapped_turns
+
+    words = [w("one", 0.0, 0.4), w("two", 0.5, 0.9), w("three", 1.0, 2.0)]
+    utts = build_utterances(words, min_duration=0.1, edge_pad=0.0)
+    # B talks under A from 0.3 to 1.2 s (a backchannel) and 1.3-1.4 s (too short); A's own
+    # turn is covered by A's utterance, so A gets no extra row
+    turns = [(0.0, 2.0, "A"), (0.3, 1.2, "B"), (1.3, 1.4, "B")]
+    extra = overlapped_turns(turns, utts, max_pause=0.05, min_duration=0.2)
+    assert [(u.start, u.end, u.speaker, u.overlap, u.text) for u in extra] == [(0.3, 1.2, "B", True, "")]
+    # such a row is dropped as overlap, not as no_text
+    seg = {"text": "", "overlap": True, "duration": 0.9, "asr": {}, "quality": {}}
+    assert drop_reason(seg, IngestConfig(inputs=["x"], output="x")) == "overlap"
+    assert drop_reason({**seg, "overlap": False}, IngestConfig(inputs=["x"], output="x")) == "no_text"
+    # a speaker's turn that its own utterances cover gives nothing
+    assert overlapped_turns([(0.0, 2.0, "A")], utts) == []
