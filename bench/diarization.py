@@ -1,7 +1,7 @@
 """Diarization accuracy on real multi-speaker recordings: the diarize stage alone, and what the
 whole ingest gives users (the speaker labels of its ``segments`` rows).
 
-    .venv/bin/python bench/diarization.py [--mode stage|ingest|both] [--split tune|held|all]
+    .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders] [--split tune|held|all]
         [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
@@ -190,6 +190,45 @@ def score(recs: list[dict], turns: dict, kept: dict | None = None) -> dict:
     return {"pooled": pooled, "per_recording": per}
 
 
+def encoder_auc(recs: list[dict], encoders: list[str]) -> dict:
+    """Same/different-speaker AUC of each speaker encoder on 1-2 s windows of the references'
+    single-speaker speech (a speaker's turns, 0.3 s gaps bridged, less every other speaker's),
+    all pairs within a recording: how well the embeddings alone tell speakers apart."""
+    import itertools
+
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.decode import Decoder
+    from pipeline.speaker_embedding import SPEAKER_ENCODERS
+
+    models = {name: SPEAKER_ENCODERS[name]("cpu") for name in encoders}
+    pairs = {name: ([], []) for name in encoders}
+    decoder = Decoder()
+    for r in recs:
+        audio = decoder(r["path"]).audio16
+        ref = r["reference"]
+        windows = []
+        for label in ref.labels():
+            others = ref.subset([x for x in ref.labels() if x != label]).get_timeline().support()
+            for seg in ref.label_timeline(label).support(0.3).extrude(others):
+                s = seg.start
+                while s + 1.0 <= seg.end and len(windows) < 60:
+                    e = min(s + 2.0, seg.end)
+                    windows.append((label, audio[int(s * 16_000):int(e * 16_000)]))
+                    s = e
+        if len({label for label, _ in windows}) < 2:
+            continue
+        for name, model in models.items():
+            emb = np.stack([model(torch.from_numpy(w)[None, None])[0] for _, w in windows])
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            for i, j in itertools.combinations(range(len(windows)), 2):
+                pairs[name][0].append(windows[i][0] == windows[j][0])
+                pairs[name][1].append(float(emb[i] @ emb[j]))
+    return {name: {"auc": roc_auc_score(*pairs[name]), "pairs": len(pairs[name][0])} for name in encoders}
+
+
 def _f(x) -> str:
     return "   -  " if x is None else f"{x:6.3f}"
 
@@ -209,7 +248,8 @@ def print_report(title: str, res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=["stage", "ingest", "both"], default="both")
+    ap.add_argument("--mode", choices=["stage", "ingest", "both", "encoders"], default="both",
+                    help="encoders: same/different-speaker AUC of each speaker encoder on reference windows")
     ap.add_argument("--split", choices=["tune", "held", "all", "none"], default="all",
                     help="which real recordings (none: only --simulated)")
     ap.add_argument("--simulated", type=int, default=0, metavar="N",
@@ -228,6 +268,11 @@ def main(argv=None) -> int:
     report: dict = {"pipeline_args": a.pipeline_args}
     for split in splits:
         sub = [r for r in recs if r["split"] == split]
+        if a.mode == "encoders":
+            res = encoder_auc(sub, ["resemblyzer", "campplus"])
+            print(f"\n== speaker encoders, {split}: " + ", ".join(
+                f"{k} AUC {v['auc']:.3f}" for k, v in res.items()) + f" ({next(iter(res.values()))['pairs']} pairs)")
+            report[f"encoders_{split}"] = res
         if a.mode in ("stage", "both"):
             t = time.perf_counter()
             res = score(sub, run_stage(sub, cfg_args))

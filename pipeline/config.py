@@ -166,8 +166,8 @@ class IngestConfig:
         "at least this many speakers per source", group="diarization"))
     max_speakers: int | None = field(default=None, metadata=cli(
         "at most this many speakers per source (default: 10 searched)", group="diarization"))
-    # threshold: pyannote's agglomerative clustering (centroid linkage) cut at a cosine distance
-    # calibrated per speaker encoder; silhouette: the speaker count chosen per source by the
+    # threshold: pyannote's agglomerative clustering (centroid linkage: euclidean distance between
+    # centroids of unit-normalised embeddings) cut at a distance calibrated per speaker encoder; silhouette: the speaker count chosen per source by the
     # silhouette of an average-linkage dendrogram (pipeline.speaker_clustering), the better
     # choice for resemblyzer, whose distances do not transfer between recordings
     clustering: Literal["threshold", "silhouette"] = field(default="threshold", metadata=cli(
@@ -176,7 +176,7 @@ class IngestConfig:
     min_silhouette: float = field(default=0.2, metadata=cli(
         "with --clustering silhouette: below this best silhouette a source has one speaker", group="diarization"))
     cluster_threshold: float | None = field(default=None, metadata=cli(
-        "cosine distance, with --clustering threshold (default: the encoder's, 0.8 for campplus, 0.6 for resemblyzer)",
+        "distance cut, with --clustering threshold (default: the encoder's, 0.75 for campplus, 0.6 for resemblyzer)",
         group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)

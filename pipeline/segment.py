@@ -124,12 +124,17 @@ class Segmenter:
             seg: SlidingWindowFeature = self.inference({"waveform": wav, "sample_rate": 16_000})
         overlap = None
         if self.powerset is not None:
-            logp = torch.from_numpy(seg.data)  # [chunks, frames, powerset classes]
+            logp = torch.from_numpy(seg.data)  # [chunks, frames, powerset classes]; class 0: nobody
             overlap = (logp.exp() @ (self.powerset.cardinality >= 2).float()).numpy()  # [chunks, frames]
+            # VAD score of a frame = the probability that someone speaks (the hard local speakers
+            # would give the hysteresis below only 0/1 per chunk to work with)
+            speech = 1.0 - logp[..., :1].exp().numpy()
             seg = SlidingWindowFeature(self.powerset.to_multilabel(logp).numpy(), seg.sliding_window)
-        # VAD score of a frame = max over local speakers, averaged over overlapping chunks
-        # (what pyannote's VoiceActivityDetection does with its pre-aggregation hook).
-        speech_scores = SlidingWindowFeature(np.max(seg.data, axis=-1, keepdims=True), seg.sliding_window)
+        else:
+            # VAD score of a frame = max over local speakers (pyannote's VoiceActivityDetection)
+            speech = np.max(seg.data, axis=-1, keepdims=True)
+        # averaged over the overlapping chunks that cover the frame
+        speech_scores = SlidingWindowFeature(speech, seg.sliding_window)
         frames = self.model.receptive_field
         agg = Inference.aggregate(speech_scores, frames, hamming=True)
         binarize = Binarize(onset=self.onset, offset=self.offset, min_duration_on=0.1, min_duration_off=0.1)

@@ -3,10 +3,9 @@
 pyannote's pipeline gives one speaker embedding per (window, local speaker) and asks a
 clustering object for the global speaker of each.
 
-``HintedAgglomerativeClustering`` (the default) is pyannote's agglomerative clustering cut at a
-fixed cosine distance, calibrated per speaker encoder (CAM++'s distances are stable across
-recordings: 0.7-0.9 give the same DER on the tune split of bench/diarization.py), with speaker
-hints that always hold.
+``HintedAgglomerativeClustering`` (the default) is pyannote's agglomerative clustering (centroid
+linkage) cut at a fixed distance, calibrated per speaker encoder (``cluster_threshold`` in
+``pipeline.speaker_embedding``), with speaker hints that always hold.
 
 ``SilhouetteClustering`` (``--clustering silhouette``) picks the number of speakers per recording
 instead, for resemblyzer's encoder, whose distances did not transfer between recordings (a fixed
