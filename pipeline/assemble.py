@@ -16,8 +16,13 @@ from pipeline.config import PIPELINE_VERSION, IngestConfig
 from pipeline.diarize import Diarization
 from pipeline.quality import drop_reason, frame_power, measure, noise_floor
 from pipeline.transcribe import Transcript
-from pipeline.utterances import (assign_speakers, build_utterances, overlapped_turns, speaker_purity,
-                                 untranscribed_turns)
+from pipeline.utterances import (
+    assign_speakers,
+    build_utterances,
+    overlapped_turns,
+    speaker_purity,
+    untranscribed_turns,
+)
 
 
 def encode_flac(pcm16: np.ndarray, rate: int) -> bytes:

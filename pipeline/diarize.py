@@ -60,6 +60,7 @@ def overlap_regions(segmentation: SegmentationResult, frames, threshold: float) 
 def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5, min_cluster_size=6,
                             clustering="threshold", min_silhouette=0.2, speaker_encoder="campplus"):
     from pyannote.audio.pipelines import SpeakerDiarization
+
     from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
 
     seg_model = load_segmentation_model(segmentation_path, token)

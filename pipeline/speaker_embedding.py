@@ -13,6 +13,21 @@ import torch
 import torch.nn.functional as F
 
 
+def masked_speech(waveforms: torch.Tensor, masks: torch.Tensor | None, min_samples: int):
+    """Yield (b, the samples of waveforms[b, 0] where masks[b] is on) for each item with at least
+    ``min_samples`` of them. waveforms: [B, 1, N]; masks: [B, F], F frames spread over N
+    (nearest-neighbour upsampled to samples)."""
+    B, _, N = waveforms.shape
+    for b in range(B):
+        wav = waveforms[b, 0]
+        if masks is not None:
+            m = masks[b].float()
+            idx = torch.clamp((torch.arange(N) * m.shape[0]) // N, max=m.shape[0] - 1)
+            wav = wav[m[idx] > 0.5]
+        if wav.numel() >= min_samples:
+            yield b, wav
+
+
 class ResemblyzerEmbedding:
     """resemblyzer's bundled encoder. Features follow resemblyzer (40 mel bands, 25 ms windows,
     10 ms hop, 1.6 s partials, volume normalised to -30 dBFS), computed with torchaudio in batch."""
@@ -51,18 +66,10 @@ class ResemblyzerEmbedding:
     @torch.inference_mode()
     def __call__(self, waveforms: torch.Tensor, masks: torch.Tensor | None = None) -> np.ndarray:
         """waveforms: [B, 1, N] float at 16 kHz; masks: [B, F] (F frames spread over N) -> [B, 256]."""
-        B, _, N = waveforms.shape
+        B = waveforms.shape[0]
         out = np.full((B, self.dimension), np.nan, dtype=np.float32)
         partials, owners, singles = [], [], []
-        for b in range(B):
-            wav = waveforms[b, 0]
-            if masks is not None:
-                m = masks[b].float()
-                # nearest-neighbour upsampling of the frame mask to samples
-                idx = torch.clamp((torch.arange(N) * m.shape[0]) // N, max=m.shape[0] - 1)
-                wav = wav[m[idx] > 0.5]
-            if wav.numel() < self.min_num_samples:
-                continue
+        for b, wav in masked_speech(waveforms, masks, self.min_num_samples):
             rms = wav.pow(2).mean().sqrt().clamp_min(1e-6)
             wav = wav * (10 ** (self.target_dbfs / 20) / rms)
             mel = self.mel(wav.to(self.device)).T  # [frames, 40]
@@ -145,18 +152,9 @@ class CamPlusPlusEmbedding:
 
     @torch.inference_mode()
     def __call__(self, waveforms: torch.Tensor, masks: torch.Tensor | None = None) -> np.ndarray:
-        B, _, N = waveforms.shape
+        B = waveforms.shape[0]
         out = np.full((B, self.dimension), np.nan, dtype=np.float32)
-        feats = {}
-        for b in range(B):
-            wav = waveforms[b, 0]
-            if masks is not None:
-                m = masks[b].float()
-                idx = torch.clamp((torch.arange(N) * m.shape[0]) // N, max=m.shape[0] - 1)
-                wav = wav[m[idx] > 0.5]
-            if wav.numel() < self.min_num_samples:
-                continue
-            feats[b] = self.fbank(wav)
+        feats = {b: self.fbank(wav) for b, wav in masked_speech(waveforms, masks, self.min_num_samples)}
         # one forward per item: CAM++'s statistics pooling has no mask, and batching tiled or
         # padded items bought nothing on CPU (the cost is linear in frames either way; bf16
         # autocast saved 5 %, not worth results that differ by CPU)
