@@ -1,7 +1,7 @@
 """Diarization accuracy on real multi-speaker recordings: the diarize stage alone, and what the
 whole ingest gives users (the speaker labels of its ``segments`` rows).
 
-    .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders] [--split tune|held|all]
+    .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders|single] [--split tune|held|all]
         [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
@@ -190,6 +190,29 @@ def score(recs: list[dict], turns: dict, kept: dict | None = None) -> dict:
     return {"pooled": pooled, "per_recording": per}
 
 
+def single_speaker_check(work: Path, cfg_args: list[str]) -> dict:
+    """The ingest on every single-speaker file of ``../shared/speech`` longer than 8 s (what a TTS
+    corpus mostly is): how many sources get more than one speaker label, seconds kept, and
+    seconds dropped per reason (a diarizer that splits one voice, or hears overlap where there
+    is none, drops clean speech as mixed_speakers / overlap)."""
+    import duckdb
+
+    with open(SHARED / "speech" / "MANIFEST.tsv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t")
+                if r["n_speakers"] == "1" and float(r["duration_s"]) > 8 and not r["path"].endswith(".raw")]
+    recs = [{"uri": Path(r["path"]).stem, "path": str(SHARED / "speech" / r["path"])} for r in rows]
+    shutil.rmtree(work, ignore_errors=True)
+    run_ingest(recs, work, cfg_args)
+    seg = f"read_parquet('{work}/out/manifests/segments/*.parquet', union_by_name=true)"
+    split = duckdb.sql(f"SELECT count(*) FROM (SELECT source_path FROM {seg} GROUP BY 1 "
+                       f"HAVING count(DISTINCT speaker) > 1)").fetchall()[0][0]
+    kept = duckdb.sql(f"SELECT coalesce(sum(duration), 0) FROM {seg} WHERE kept").fetchall()[0][0]
+    drops = dict(duckdb.sql(f"SELECT drop_reason, round(sum(duration), 1) FROM {seg} WHERE NOT kept "
+                            f"GROUP BY 1 ORDER BY 2 DESC").fetchall())
+    return {"sources": len(recs), "minutes": sum(float(r["duration_s"]) for r in rows) / 60,
+            "sources_with_several_speakers": split, "kept_s": kept, "dropped_s": drops}
+
+
 def encoder_auc(recs: list[dict], encoders: list[str]) -> dict:
     """Same/different-speaker AUC of each speaker encoder on 1-2 s windows of the references'
     single-speaker speech (a speaker's turns, 0.3 s gaps bridged, less every other speaker's),
@@ -248,8 +271,9 @@ def print_report(title: str, res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=["stage", "ingest", "both", "encoders"], default="both",
-                    help="encoders: same/different-speaker AUC of each speaker encoder on reference windows")
+    ap.add_argument("--mode", choices=["stage", "ingest", "both", "encoders", "single"], default="both",
+                    help="encoders: same/different-speaker AUC of each speaker encoder on reference windows; "
+                         "single: the ingest on the single-speaker files (speakers per source, what is dropped)")
     ap.add_argument("--split", choices=["tune", "held", "all", "none"], default="all",
                     help="which real recordings (none: only --simulated)")
     ap.add_argument("--simulated", type=int, default=0, metavar="N",
@@ -266,6 +290,12 @@ def main(argv=None) -> int:
         recs += simulate_conversations(a.work / "simulated-audio", a.simulated)
         splits.append("simulated")
     report: dict = {"pipeline_args": a.pipeline_args}
+    if a.mode == "single":
+        res = single_speaker_check(a.work / "single", cfg_args)
+        print(f"\n== single-speaker files: {res['sources']} sources ({res['minutes']:.1f} min), "
+              f"{res['sources_with_several_speakers']} labelled with more than one speaker; kept {res['kept_s']:.1f} s; "
+              f"dropped (s): {res['dropped_s']}")
+        report["single"], splits = res, []
     for split in splits:
         sub = [r for r in recs if r["split"] == split]
         if a.mode == "encoders":
