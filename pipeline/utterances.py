@@ -142,16 +142,14 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
     return utts
 
 
-def untranscribed_turns(exclusive: list[tuple[float, float, str]], utts: list[Utterance], *,
-                        max_pause: float = 0.8, min_duration: float = 0.2) -> list[Utterance]:
-    """Diarized speech outside every utterance (no words came from ASR there: a backchannel, a
-    laugh, a word too faint): the parts of the exclusive turns not covered by ``utts``, joined
-    per speaker across pauses below ``max_pause`` s, those of at least ``min_duration`` s, as
-    word-less utterances. They get a ``segments`` row (dropped, ``no_text``), so the manifests
-    account for all the speech the diarizer heard."""
-    spans = sorted((u.start, u.end) for u in utts)
+def _uncovered(turns: list[tuple[float, float, str]], spans: list[tuple[float, float]], max_pause: float,
+               min_duration: float) -> list[tuple[float, float, str]]:
+    """The parts of ``turns`` (start, end, speaker; seconds) that no span covers, joined per
+    speaker across pauses below ``max_pause`` s with no span in between, those of at least
+    ``min_duration`` s."""
+    spans = sorted(spans)
     pieces: list[tuple[float, float, str]] = []
-    for s, e, spk in sorted(exclusive):
+    for s, e, spk in sorted(turns):
         cur = s
         for a, b in spans:
             if b <= cur or a >= e:
@@ -168,7 +166,18 @@ def untranscribed_turns(exclusive: list[tuple[float, float, str]], utts: list[Ut
             joined[-1][1] = max(joined[-1][1], e)
         else:
             joined.append([s, e, spk])
-    return [Utterance(start=s, end=e, speaker=spk) for s, e, spk in joined if e - s >= min_duration]
+    return [(s, e, spk) for s, e, spk in joined if e - s >= min_duration]
+
+
+def untranscribed_turns(exclusive: list[tuple[float, float, str]], utts: list[Utterance], *,
+                        max_pause: float = 0.8, min_duration: float = 0.2) -> list[Utterance]:
+    """Diarized speech outside every utterance (no words came from ASR there: a backchannel, a
+    laugh, a word too faint): the parts of the exclusive turns not covered by ``utts``, joined
+    per speaker across pauses below ``max_pause`` s, those of at least ``min_duration`` s, as
+    word-less utterances. They get a ``segments`` row (dropped, ``no_text``), so the manifests
+    account for all the speech the diarizer heard."""
+    return [Utterance(start=s, end=e, speaker=spk)
+            for s, e, spk in _uncovered(exclusive, [(u.start, u.end) for u in utts], max_pause, min_duration)]
 
 
 def overlapped_turns(turns: list[tuple[float, float, str]], utts: list[Utterance], *,
@@ -181,25 +190,8 @@ def overlapped_turns(turns: list[tuple[float, float, str]], utts: list[Utterance
     be missing from ``segments``; they are dropped (``overlap``) and carry no audio."""
     out: list[Utterance] = []
     for spk in sorted({t[2] for t in turns}):
-        mine = sorted((u.start, u.end) for u in utts if u.speaker == spk)
-        pieces: list[list[float]] = []
-        for s, e, who in sorted(turns):
-            if who != spk:
-                continue
-            cur = s
-            for a, b in mine:
-                if b <= cur or a >= e:
-                    continue
-                if a > cur:
-                    pieces.append([cur, a])
-                cur = max(cur, b)
-            if cur < e:
-                pieces.append([cur, e])
-        joined: list[list[float]] = []
-        for s, e in pieces:
-            if joined and s - joined[-1][1] < max_pause and not any(joined[-1][1] <= a < s for a, _ in mine):
-                joined[-1][1] = max(joined[-1][1], e)
-            else:
-                joined.append([s, e])
-        out += [Utterance(start=s, end=e, speaker=spk, overlap=True) for s, e in joined if e - s >= min_duration]
+        mine = [t for t in turns if t[2] == spk]
+        spans = [(u.start, u.end) for u in utts if u.speaker == spk]
+        out += [Utterance(start=s, end=e, speaker=spk, overlap=True)
+                for s, e, _ in _uncovered(mine, spans, max_pause, min_duration)]
     return out
