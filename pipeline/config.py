@@ -167,9 +167,10 @@ class IngestConfig:
     max_speakers: int | None = field(default=None, metadata=cli(
         "at most this many speakers per source (default: 10 searched)", group="diarization"))
     # threshold: pyannote's agglomerative clustering (centroid linkage: euclidean distance between
-    # centroids of unit-normalised embeddings) cut at a distance calibrated per speaker encoder; silhouette: the speaker count chosen per source by the
-    # silhouette of an average-linkage dendrogram (pipeline.speaker_clustering), the better
-    # choice for resemblyzer, whose distances do not transfer between recordings
+    # centroids of unit-normalised embeddings) cut at a distance calibrated per speaker encoder;
+    # silhouette: the speaker count chosen per source by the silhouette of an average-linkage
+    # dendrogram (pipeline.speaker_clustering), the better choice for resemblyzer, whose
+    # distances do not transfer between recordings
     clustering: Literal["threshold", "silhouette"] = field(default="threshold", metadata=cli(
         "offline diarizer: cut at --cluster-threshold, or choose the speaker count per source by silhouette",
         group="diarization"))

@@ -116,8 +116,8 @@ class SilhouetteClustering(_OneSpeakerWhenNothingToCluster, BaseClustering):
 
 
 class HintedAgglomerativeClustering(_OneSpeakerWhenNothingToCluster, AgglomerativeClustering):
-    """pyannote's agglomerative clustering (the offline default, cut at a cosine distance) with
-    speaker hints that hold. pyannote folds clusters of fewer than ``min_cluster_size``
+    """pyannote's agglomerative clustering (the offline default, centroid linkage cut at the
+    encoder's ``cluster_threshold``) with speaker hints that hold. pyannote folds clusters of fewer than ``min_cluster_size``
     embeddings into the nearest large one, so on a short source (few windows) a hint such as
     ``min_speakers=5`` could not be met, and pyannote printed "Found only 4 clusters" to stdout.
     Here ``min_cluster_size`` is lowered, one at a time, until the hint is met."""
