@@ -179,6 +179,13 @@ class IngestConfig:
     cluster_threshold: float | None = field(default=None, metadata=cli(
         "distance cut, with --clustering threshold (default: the encoder's, 0.75 for campplus, 0.6 for resemblyzer)",
         group="diarization"))
+    # with half-overlapping windows (the default step), a local speaker of every other window
+    # takes the embedding of the same voice in the neighbouring windows instead of its own:
+    # half the speaker encoder's work, the diarize stage's main cost (pipeline.diarize.
+    # embeddings_every_other_chunk). bench/diarization.py: DER unchanged within noise
+    embed_every_chunk: bool = field(default=False, metadata=cli(
+        "offline diarizer: embed every window's local speakers (about twice the speaker encoder's "
+        "work) instead of every other window's, the others matched to their neighbours", group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
     min_speaker_purity: float = field(default=0.9, metadata=cli(

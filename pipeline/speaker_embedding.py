@@ -139,7 +139,30 @@ class CamPlusPlusEmbedding:
                            map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.model.eval().to(self.device)
+        if self.device.type == "cpu":
+            self.model = self._optimized(self.model)
         self.min_num_samples = int(min_speech * self.sample_rate)
+
+    @staticmethod
+    def _optimized(model: torch.nn.Module) -> torch.jit.ScriptModule:
+        """CAM++ traced, frozen and optimised for CPU inference (batch norms folded into the
+        convolutions, oneDNN layouts): 13 % faster on one core over a mix of 0.4-10 s items
+        (embeddings equal to 1e-5), which is most of the diarize stage's time. The trace holds
+        for any length: CAM++'s only data-dependent branch (the std of a single frame) needs
+        fewer frames than min_speech gives."""
+        import warnings
+
+        example = torch.zeros(1, 400, 80)  # [B, frames, 80 fbank bands]
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer warns about that branch and about shapes read as Python ints (which it
+            # records as size ops, so they stay dynamic); nothing to act on. torch 2.14 also
+            # marks TorchScript deprecated (FutureWarning) in favour of torch.compile, which on
+            # CPU compiled CAM++ for 90 s per process and again per new length: revisit when
+            # torch drops TorchScript (eager works, 13 % slower)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            traced = torch.jit.trace(model, example, check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
     def to(self, device):
         return self

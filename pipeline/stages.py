@@ -252,7 +252,8 @@ class Diarize(_Stage):
                                      cfg.device, r.threads, cfg.num_speakers, cfg.min_speakers, cfg.max_speakers,
                                      cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette,
                                      overlap_threshold=cfg.overlap_threshold,
-                                     speaker_encoder=cfg.speaker_encoder)
+                                     speaker_encoder=cfg.speaker_encoder,
+                                     reuse_embeddings=not cfg.embed_every_chunk)
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech

@@ -130,3 +130,42 @@ def test_segmentation_3_hears_overlap_in_a_meeting_and_little_in_a_monologue(mee
 
     assert seconds(meet, 0.1) >= seconds(meet, 0.5) > 3.0  # of 60 s
     assert seconds(mono, 0.1) < 0.1 * seconds(meet, 0.1)
+
+
+def test_every_other_window_is_embedded_and_odd_windows_reuse_the_same_voice(meeting):
+    """embeddings_every_other_chunk on the meeting's real segmentation and CAM++: the even
+    windows' embeddings are the full ones, odd windows' local speakers get a neighbour's
+    embedding of the same voice (close to their own), none is lost, and about half the speech
+    is embedded."""
+    import torch
+    from pyannote.audio.pipelines import SpeakerDiarization
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    from pipeline.diarize import Diarizer, embeddings_every_other_chunk
+
+    row, _ = meeting
+    seg = row["segmentation"]
+    segs = SlidingWindowFeature(seg.scores, SlidingWindow(start=0.0, duration=seg.chunk_duration,
+                                                          step=seg.chunk_step))
+    pipe = Diarizer().pipeline
+    file = {"waveform": torch.from_numpy(row["audio16"])[None], "sample_rate": 16_000, "uri": "meeting"}
+    frames = []
+
+    def embed(s):
+        frames.append(float(np.nan_to_num(s.data).sum()))  # active (frame, local speaker) pairs embedded
+        return SpeakerDiarization.get_embeddings(pipe, file, s)
+
+    full = embed(segs)
+    n_full = frames.pop()
+    # 60 s = 11 windows: below the default min_chunks the whole set is embedded, as before
+    np.testing.assert_array_equal(embeddings_every_other_chunk(segs, embed), full)
+    frames.clear()
+    reused = embeddings_every_other_chunk(segs, embed, min_chunks=3)
+    assert sum(frames) < 0.65 * n_full
+    np.testing.assert_array_equal(reused[::2], full[::2])
+    odd_full, odd = full[1::2].reshape(-1, full.shape[-1]), reused[1::2].reshape(-1, full.shape[-1])
+    has = ~np.isnan(odd_full).any(1)
+    assert not np.isnan(odd[has]).any()  # every odd local speaker with speech still has an embedding
+    cos = (odd_full[has] * odd[has]).sum(1) / np.linalg.norm(odd_full[has], axis=1) / np.linalg.norm(odd[has], axis=1)
+    print(f"\nodd windows' reused vs own embeddings: cosine {np.round(np.sort(cos), 2)}")
+    assert np.median(cos) > 0.8
