@@ -181,8 +181,8 @@ class IngestConfig:
         group="diarization"))
     # with half-overlapping windows (the default step), a local speaker of every other window
     # takes the embedding of the same voice in the neighbouring windows instead of its own:
-    # half the speaker encoder's work, the diarize stage's main cost (pipeline.diarize.
-    # embeddings_every_other_chunk). bench/diarization.py: DER unchanged within noise
+    # half the speaker encoder's work, the diarize stage's main cost, on sources of a minute or
+    # more (pipeline.diarize.embeddings_every_other_chunk, where the measured DER is)
     embed_every_chunk: bool = field(default=False, metadata=cli(
         "offline diarizer: embed every window's local speakers (about twice the speaker encoder's "
         "work) instead of every other window's, the others matched to their neighbours", group="diarization"))

@@ -84,12 +84,12 @@ def embeddings_every_other_chunk(segmentations, embed, min_match: float = 0.8, m
     todo = np.zeros_like(act)  # odd chunks' local speakers with no match: embed as usual
     for c in range(1, C, 2):
         for j in range(S):
+            if not act[c, :, j].any():
+                continue
             # the shared halves: [half:] of chunk c-1 with [:F-half] of c; [:F-half] of c+1 with [half:] of c
             sides = [(act[c, :F - half, j], act[c - 1, half:], c - 1)]
             if c + 1 < C:
                 sides.append((act[c, half:, j], act[c + 1, :F - half], c + 1))
-            if not act[c, :, j].any():
-                continue
             # every side it speaks on must agree; the side with the most shared frames gives the embedding
             best, best_n = None, 0
             for mine, theirs, nb in sides:

