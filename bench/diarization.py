@@ -2,7 +2,7 @@
 whole ingest gives users (the speaker labels of its ``segments`` rows).
 
     .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders|single] [--split tune|held|all]
-        [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
+        [--simulated N] [--meetings] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
   - ``../shared/speech/pyannote-audio/tests/data``: 14 AMI clips of 30 s, scored inside their UEM;
@@ -15,7 +15,9 @@ Split, fixed here so that figures are never reported on what was tuned on:
 single-speaker files of ``../shared/speech`` (7 voices: Asterisk's en/fr/es/it/ru prompts, the
 MFA speaker (its mfa_* clips), the LibriVox reader) laid end to end with 0.1-0.8 s gaps and some 0.3 s overlaps,
 1.5-3 minutes each, with exact references. Never tuned on; they check the speaker count on
-longer recordings with more voices than the AMI material has.
+longer recordings with more voices than the AMI material has. ``--meetings`` adds the AMI clips
+of one meeting laid end to end (4 recordings of 60-120 s; ``tune-long``/``held-long`` after
+their clips' split): real speech, long enough for the diarizer's long-recording path.
 
 Figures (pyannote.metrics): DER with its parts (missed, false alarm, confusion), with a ±0.25 s
 collar (``collar=0.5``) and without; speakers found against the reference (the count is "right"
@@ -112,6 +114,45 @@ def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
         sf.write(path, np.clip(total, -1, 1), 16_000, subtype="PCM_16")
         out.append({"uri": uri, "path": str(path), "reference": annotation(turns, uri), "uem": None,
                     "split": "simulated", "group": f"simulated-{k}"})
+    return out
+
+
+MEETINGS = {  # the AMI debug clips of one meeting (same room, same people), in their list order
+    "trn00-03": ["trn00", "trn01", "trn02", "trn03"], "trn07-08": ["trn07", "trn08"],
+    "dev00-01": ["dev00", "dev01"], "tst00-01": ["tst00", "tst01"],
+}
+
+
+def concatenated_meetings(recs: list[dict], work: Path) -> list[dict]:
+    """Longer real recordings (60-120 s): the clips of one AMI meeting laid end to end, their
+    references and UEMs shifted to match; split ``<split>-long`` after the clips' own split, so
+    tune clips stay tune. What the 30 s clips cannot show: the diarizer on a minute or more of
+    real speech (where only every other window is embedded)."""
+    import numpy as np
+    import soundfile as sf
+    from pyannote.core import Annotation, Segment, Timeline
+
+    by_uri = {r["uri"]: r for r in recs}
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, clips in MEETINGS.items():
+        uri = f"meeting-{name}"
+        audio, ref, uem, t = [], Annotation(uri=uri), Timeline(uri=uri), 0.0
+        for c in clips:
+            r = by_uri[c]
+            x, sr = sf.read(r["path"], dtype="float32", always_2d=True)
+            assert sr == 16_000, f"{r['path']}: {sr} Hz"
+            x = x.mean(1)
+            for seg, _, label in r["reference"].itertracks(yield_label=True):
+                ref[Segment(seg.start + t, seg.end + t)] = label
+            for seg in r["uem"] or [Segment(0.0, len(x) / sr)]:
+                uem.add(Segment(seg.start + t, seg.end + t))
+            audio.append(x)
+            t += len(x) / sr
+        path = work / f"{uri}.wav"
+        sf.write(path, np.concatenate(audio), 16_000)
+        out.append({"uri": uri, "path": str(path), "reference": ref, "uem": uem,
+                    "split": f"{by_uri[clips[0]]['split']}-long", "group": "ami-meeting-long"})
     return out
 
 
@@ -278,6 +319,8 @@ def main(argv=None) -> int:
                     help="which real recordings (none: only --simulated)")
     ap.add_argument("--simulated", type=int, default=0, metavar="N",
                     help="also N simulated conversations of 2-6 voices, reported apart")
+    ap.add_argument("--meetings", action="store_true",
+                    help="also the AMI clips of one meeting laid end to end (60-120 s; tune-long/held-long)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_diarization"))
     ap.add_argument("--pipeline-args", default="", help="ingest options (e.g. '--clustering threshold')")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -286,6 +329,10 @@ def main(argv=None) -> int:
     cfg_args = shlex.split(a.pipeline_args)
     recs = recordings()
     splits = {"all": ["tune", "held"], "none": []}.get(a.split, [a.split])
+    if a.meetings:
+        long = concatenated_meetings(recs, a.work / "meetings-audio")
+        recs += long
+        splits += sorted({r["split"] for r in long if r["split"].split("-")[0] in splits or a.split == "none"}, reverse=True)
     if a.simulated:
         recs += simulate_conversations(a.work / "simulated-audio", a.simulated)
         splits.append("simulated")
