@@ -48,6 +48,10 @@ class ResumableLoader:
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
+            # Workers start from a clean forkserver, not a fork of this process: a fork of a
+            # process whose thread pools (OpenMP, Ray, gRPC) are mid-flight can crash in the child
+            # (a worker died of SIGSEGV in the full test suite, once in several runs).
+            multiprocessing_context="forkserver" if self.num_workers else None,
             # Its own generator: creating an iterator must not draw from the global torch RNG, or a
             # resumed run (which creates it after restoring the RNG) would diverge from an unbroken one.
             generator=torch.Generator().manual_seed(self.stream.cfg.seed),
@@ -69,6 +73,14 @@ class ResumableLoader:
         self.real_positions += int(batch["n_tokens"])
         self.truncated += int(batch["n_truncated"])
         return batch
+
+    def close(self) -> None:
+        """Stop the DataLoader workers now, not at interpreter exit (where the forkserver's
+        resource tracker reports their queues' semaphores as leaked). Called when training ends."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+        if shutdown is not None:
+            shutdown()
 
     @property
     def padding_fraction(self) -> float:

@@ -277,6 +277,12 @@ class Trainer:
 
     # ---- train ----
     def train(self) -> list[dict[str, Any]]:
+        try:
+            return self._train()
+        finally:
+            self.loader.close()
+
+    def _train(self) -> list[dict[str, Any]]:
         cfg, info = self.cfg, self.info
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
