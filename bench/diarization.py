@@ -316,7 +316,7 @@ def main(argv=None) -> int:
                     help="encoders: same/different-speaker AUC of each speaker encoder on reference windows; "
                          "single: the ingest on the single-speaker files (speakers per source, what is dropped)")
     ap.add_argument("--split", choices=["tune", "held", "all", "none"], default="all",
-                    help="which real recordings (none: only --simulated)")
+                    help="which real recordings (none: only --simulated and --meetings)")
     ap.add_argument("--simulated", type=int, default=0, metavar="N",
                     help="also N simulated conversations of 2-6 voices, reported apart")
     ap.add_argument("--meetings", action="store_true",
