@@ -65,7 +65,9 @@ def _default_resources() -> dict[str, StageResources]:
     #                                                   1.25x that)
     #   segment+diarize   1661      1964       2176   (segmentation-3.0 + CAM++, issue 11, on an
     #                                                   11 min session; 1159 PSS with the 2022
-    #                                                   model + resemblyzer)
+    #                                                   model + resemblyzer; 1578 PSS, 1869 RSS
+    #                                                   on 12.8 min with CAM++ traced and every
+    #                                                   other window embedded)
     #   transcribe        1327      1681       1792
     #   assemble           668      1004       1024
     # PSS splits the pages several processes share (torch's libraries, ~0.3-0.5 GiB; the object
