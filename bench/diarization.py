@@ -132,6 +132,9 @@ def concatenated_meetings(recs: list[dict], work: Path) -> list[dict]:
     import soundfile as sf
     from pyannote.core import Annotation, Segment, Timeline
 
+    from pipeline.decode import Decoder
+
+    decoder = Decoder()
     by_uri = {r["uri"]: r for r in recs}
     work.mkdir(parents=True, exist_ok=True)
     out = []
@@ -140,15 +143,13 @@ def concatenated_meetings(recs: list[dict], work: Path) -> list[dict]:
         audio, ref, uem, t = [], Annotation(uri=uri), Timeline(uri=uri), 0.0
         for c in clips:
             r = by_uri[c]
-            x, sr = sf.read(r["path"], dtype="float32", always_2d=True)
-            assert sr == 16_000, f"{r['path']}: {sr} Hz"
-            x = x.mean(1)
+            x = decoder(r["path"]).audio16  # mono, 16 kHz, as the ingest reads it
             for seg, _, label in r["reference"].itertracks(yield_label=True):
                 ref[Segment(seg.start + t, seg.end + t)] = label
-            for seg in r["uem"] or [Segment(0.0, len(x) / sr)]:
+            for seg in r["uem"] or [Segment(0.0, len(x) / 16_000)]:
                 uem.add(Segment(seg.start + t, seg.end + t))
             audio.append(x)
-            t += len(x) / sr
+            t += len(x) / 16_000
         path = work / f"{uri}.wav"
         sf.write(path, np.concatenate(audio), 16_000)
         out.append({"uri": uri, "path": str(path), "reference": ref, "uem": uem,
@@ -332,7 +333,7 @@ def main(argv=None) -> int:
     if a.meetings:
         long = concatenated_meetings(recs, a.work / "meetings-audio")
         recs += long
-        splits += sorted({r["split"] for r in long if r["split"].split("-")[0] in splits or a.split == "none"}, reverse=True)
+        splits += [f"{base}-long" for base in splits or ["tune", "held"]]
     if a.simulated:
         recs += simulate_conversations(a.work / "simulated-audio", a.simulated)
         splits.append("simulated")
