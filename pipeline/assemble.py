@@ -19,6 +19,7 @@ from pipeline.transcribe import Transcript
 from pipeline.utterances import (
     assign_speakers,
     build_utterances,
+    fit_words_to_speech,
     overlapped_turns,
     speaker_purity,
     untranscribed_turns,
@@ -46,7 +47,10 @@ def _asr_summary(words: list[dict], segments: list[dict], model: str) -> dict:
 
 
 class Assembler:
-    """``__call__(source, audio16, audio24, transcript, diarization) -> (segment rows, samples)``.
+    """``__call__(source, audio16, audio24, transcript, diarization, speech) -> (segment rows, samples)``.
+
+    ``speech``: the VAD regions [(start, end)] seconds; word times are fitted to them first
+    (:func:`pipeline.utterances.fit_words_to_speech`).
 
     ``source`` is a dict with source_id, path, run_id. Keys are ``<source_id>_<index:05d>`` over
     all segments of the source in time order, so a key never comes from a file name.
@@ -56,10 +60,13 @@ class Assembler:
         self.cfg = cfg
 
     def __call__(self, source: dict, audio16: np.ndarray, audio24: np.ndarray, transcript: Transcript,
-                 diarization: Diarization | None) -> tuple[list[dict], list[dict]]:
+                 diarization: Diarization | None,
+                 speech: list[tuple[float, float]] | None = None) -> tuple[list[dict], list[dict]]:
         cfg = self.cfg
         total = len(audio16) / cfg.analysis_rate
         words = [{**w, "seg": i} for i, s in enumerate(transcript.segments) for w in s["words"]]
+        if speech:
+            words = fit_words_to_speech(words, speech)
         exclusive = diarization.exclusive if diarization is not None else []
         if exclusive:
             words = assign_speakers(words, diarization.turns, exclusive, diarization.overlap)

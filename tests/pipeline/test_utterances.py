@@ -125,3 +125,41 @@ def test_a_voice_heard_under_another_gets_its_own_overlap_rows():
     assert drop_reason({**seg, "overlap": False}, IngestConfig(inputs=["x"], output="x")) == "no_text"
     # a speaker's turn that its own utterances cover gives nothing
     assert overlapped_turns([(0.0, 2.0, "A")], utts) == []
+
+
+def test_word_times_are_fitted_to_the_voice_activity():
+    from pipeline.utterances import fit_words_to_speech
+
+    speech = [(0.0, 1.0), (1.5, 3.0), (6.0, 7.0)]
+    words = [{"word": "one", "start": 0.2, "end": 0.6},
+             # Whisper's last word before a pause, stretched 1.4 s into the silence after it
+             {"word": "link.", "start": 2.5, "end": 4.4},
+             # a first word whose start was pulled back into the silence before it
+             {"word": "If", "start": 5.2, "end": 6.3},
+             # a word across a short pause keeps both regions (and loses nothing inside them)
+             {"word": "across", "start": 0.8, "end": 1.7},
+             # a word where the VAD heard nothing keeps its times: nothing to fit it to
+             {"word": "faint", "start": 4.6, "end": 5.0}]
+    out = fit_words_to_speech(words, speech, tolerance=0.1)
+    assert [(x["word"], x["start"], x["end"]) for x in out] == [
+        ("one", 0.2, 0.6), ("link.", 2.5, 3.1), ("If", 5.9, 6.3), ("across", 0.8, 1.7), ("faint", 4.6, 5.0)]
+    assert out[1]["word"] == "link." and "score" not in out[1]  # other fields pass through untouched
+    assert fit_words_to_speech(words, []) == words
+
+
+def test_a_backchannel_over_a_quarter_of_a_word_flags_it_as_overlapped():
+    # B says "mm" for 0.15 s under A's 0.5 s word: 30 % of it, below the half that used to count
+    turns = [(0.0, 3.0, "A"), (1.2, 1.35, "B")]
+    exclusive = [(0.0, 3.0, "A")]
+    words = [{"word": "so", "start": 0.2, "end": 0.6, "score": 1.0},
+             {"word": "then", "start": 1.0, "end": 1.5, "score": 1.0},
+             {"word": "we", "start": 1.6, "end": 2.0, "score": 1.0}]
+    out = assign_speakers(words, turns, exclusive)
+    assert [x["overlap"] for x in out] == [False, True, False]
+    assert [x["overlap"] for x in assign_speakers(words, turns, exclusive, min_overlap=0.5)] == [False] * 3
+    # the same from the overlap regions the segmentation model detected, with no second turn
+    out = assign_speakers(words, [(0.0, 3.0, "A")], exclusive, overlap=[(1.3, 1.45)])
+    assert [x["overlap"] for x in out] == [False, True, False]
+    # and the utterances split around that word: A's speech on both sides is kept apart from it
+    utts = build_utterances(assign_speakers(words, turns, exclusive), min_duration=0.1, edge_pad=0.0)
+    assert [(u.text, u.overlap) for u in utts] == [("so", False), ("then", True), ("we", False)]
