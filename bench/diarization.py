@@ -2,7 +2,7 @@
 whole ingest gives users (the speaker labels of its ``segments`` rows).
 
     .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders|single] [--split tune|held|all]
-        [--simulated N] [--meetings] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
+        [--simulated N] [--meetings] [--recordings DIR] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
   - ``../shared/speech/pyannote-audio/tests/data``: 14 AMI clips of 30 s, scored inside their UEM;
@@ -17,7 +17,9 @@ MFA speaker (its mfa_* clips), the LibriVox reader) laid end to end with 0.1-0.8
 1.5-3 minutes each, with exact references. Never tuned on; they check the speaker count on
 longer recordings with more voices than the AMI material has. ``--meetings`` adds the AMI clips
 of one meeting laid end to end (4 recordings of 60-120 s; ``tune-long``/``held-long`` after
-their clips' split): real speech, long enough for the diarizer's long-recording path.
+their clips' split): real speech, long enough for the diarizer's long-recording path. ``--recordings DIR`` adds your
+own: every audio file under DIR with ``<stem>.rttm`` beside it (``own``, reported apart;
+``--split none --recordings DIR`` for those alone).
 
 Figures (pyannote.metrics): DER with its parts (missed, false alarm, confusion), with a ±0.25 s
 collar (``collar=0.5``) and without; speakers found against the reference (the count is "right"
@@ -114,6 +116,42 @@ def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
         sf.write(path, np.clip(total, -1, 1), 16_000, subtype="PCM_16")
         out.append({"uri": uri, "path": str(path), "reference": annotation(turns, uri), "uem": None,
                     "split": "simulated", "group": f"simulated-{k}"})
+    return out
+
+
+def own_recordings(folder: Path) -> list[dict]:
+    """Every audio file under ``folder`` with a reference beside it (``<stem>.rttm``; its UEM
+    ``<stem>.uem`` if there is one), split ``own``: a user's own conversations, or recordings
+    nobody tuned on. The RTTM's turns of the file's uri are used (uri = the file's stem; an RTTM
+    that names one other uri is taken as that file's). Files without an RTTM are listed and
+    left out; a folder with none is an error."""
+    from pipeline.config import AUDIO_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"--recordings {folder}: not a folder")
+    out, missing = [], []
+    for path in sorted(x for x in folder.rglob("*") if x.is_file() and x.name.lower().endswith(AUDIO_EXTENSIONS)):
+        rttm = path.with_suffix(".rttm")
+        if not rttm.is_file():
+            missing.append(path.name)
+            continue
+        refs = load_rttm(rttm)
+        ref = refs.get(path.stem) or (next(iter(refs.values())) if len(refs) == 1 else None)
+        if ref is None:
+            raise SystemExit(f"{rttm}: no turns for uri {path.stem!r} (it has {sorted(refs)})")
+        ref.uri = path.stem  # the scoring matches hypothesis and reference by uri
+        uem_path = path.with_suffix(".uem")
+        uem = load_uem(uem_path).get(path.stem) if uem_path.is_file() else None
+        out.append({"uri": path.stem, "path": str(path), "reference": ref, "uem": uem, "split": "own",
+                    "group": "own"})
+    if missing:
+        print(f"--recordings {folder}: no .rttm beside {len(missing)} audio file(s), left out: "
+              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
+    if not out:
+        raise SystemExit(f"--recordings {folder}: no audio file with a <stem>.rttm reference beside it")
+    if len({r["uri"] for r in out}) < len(out):
+        raise SystemExit(f"--recordings {folder}: two audio files share a file stem (the uri)")
     return out
 
 
@@ -322,6 +360,9 @@ def main(argv=None) -> int:
                     help="also N simulated conversations of 2-6 voices, reported apart")
     ap.add_argument("--meetings", action="store_true",
                     help="also the AMI clips of one meeting laid end to end (60-120 s; tune-long/held-long)")
+    ap.add_argument("--recordings", type=Path, default=None, metavar="DIR",
+                    help="also your own recordings: every audio file under DIR with <stem>.rttm beside it "
+                         "(and <stem>.uem if any), reported apart as split 'own'")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_diarization"))
     ap.add_argument("--pipeline-args", default="", help="ingest options (e.g. '--clustering threshold')")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -337,6 +378,9 @@ def main(argv=None) -> int:
     if a.simulated:
         recs += simulate_conversations(a.work / "simulated-audio", a.simulated)
         splits.append("simulated")
+    if a.recordings:
+        recs += own_recordings(a.recordings)
+        splits.append("own")
     report: dict = {"pipeline_args": a.pipeline_args}
     if a.mode == "single":
         res = single_speaker_check(a.work / "single", cfg_args)
