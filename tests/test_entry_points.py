@@ -87,6 +87,8 @@ CHANGED_SINCE_CAPTURE = {
                                                     "nargs": None},
     ("pipeline/ingest.py", "--overlap-threshold"): {"default": 0.1, "required": False, "choices": None,
                                                     "nargs": None},
+    # issue 11: utterances end at shorter pauses, so fewer missed voice changes stay inside one
+    ("pipeline/ingest.py", "--max-pause"): {"default": 0.5, "required": False, "choices": None, "nargs": None},
 }
 
 

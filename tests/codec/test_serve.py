@@ -299,17 +299,28 @@ def test_served_only_on_loopback(service):
             assert s.connect_ex((a, port)) != 0, f"service reachable on {a}:{port}"
 
 
-def test_request_timeout_is_a_504(ckpt, speech_dir):
+def test_request_timeout_is_a_504(ckpt, speech_dir, monkeypatch):
     """The replica's own timeout (the deployment class run directly, outside Serve, where its
-    batch queue cannot run: the 1 ms timeout fires while the upload is still being decoded)."""
+    batch queue cannot run: the 10 ms timeout fires while the upload is still being decoded).
+    The decode is slowed down on purpose: a short file decodes in about a millisecond, and when
+    it won the race the request reached the batch queue, which cannot run here (a 500)."""
     import asyncio
+    import time
 
     from starlette.requests import Request
 
+    import codec.serve
     from codec.serve import CodecDeployment
 
+    real = codec.serve.read_audio
+
+    def slow_read_audio(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(codec.serve, "read_audio", slow_read_audio)
     dep = CodecDeployment.func_or_class({"codec_dir": str(ckpt), "device": "cpu", "threads": 1,
-                                         "request_timeout_s": 0.001})
+                                         "request_timeout_s": 0.01})
     body = (speech_dir / FILES[0]).read_bytes()
 
     async def call():
