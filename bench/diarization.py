@@ -63,7 +63,7 @@ def recordings() -> list[dict]:
             path = SHARED / "diarization" / row["path"]
             uri = path.stem
             pair = row["path"].startswith("pairs/")
-            out.append({"uri": uri, "path": str(path), "reference": load_rttm(SHARED / "diarization" / row["rttm"])[uri],
+            out.append({"uri": uri, "path": str(path), "reference": reference_of(SHARED / "diarization" / row["rttm"], uri),
                         "uem": None, "split": "tune" if pair and "en2002b" in uri else "held",
                         "group": "ami-pairs-9s" if pair else "ami-meeting"})
     return out
@@ -119,6 +119,17 @@ def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def reference_of(rttm: Path, uri: str):
+    """The turns of ``uri`` in an RTTM file, as an Annotation whose uri is ``uri`` (the scoring
+    pairs hypothesis and reference by uri); an RTTM of one other uri is taken as this file's."""
+    refs = load_rttm(rttm)
+    ref = refs.get(uri) or (next(iter(refs.values())) if len(refs) == 1 else None)
+    if ref is None:
+        raise SystemExit(f"{rttm}: no turns for uri {uri!r} (it has {sorted(refs)})")
+    ref.uri = uri
+    return ref
+
+
 def own_recordings(folder: Path) -> list[dict]:
     """Every audio file under ``folder`` with a reference beside it (``<stem>.rttm``; its UEM
     ``<stem>.uem`` if there is one), split ``own``: a user's own conversations, or recordings
@@ -136,11 +147,7 @@ def own_recordings(folder: Path) -> list[dict]:
         if not rttm.is_file():
             missing.append(path.name)
             continue
-        refs = load_rttm(rttm)
-        ref = refs.get(path.stem) or (next(iter(refs.values())) if len(refs) == 1 else None)
-        if ref is None:
-            raise SystemExit(f"{rttm}: no turns for uri {path.stem!r} (it has {sorted(refs)})")
-        ref.uri = path.stem  # the scoring matches hypothesis and reference by uri
+        ref = reference_of(rttm, path.stem)
         uem_path = path.with_suffix(".uem")
         uem = load_uem(uem_path).get(path.stem) if uem_path.is_file() else None
         out.append({"uri": path.stem, "path": str(path), "reference": ref, "uem": uem, "split": "own",
