@@ -23,6 +23,19 @@ def speech_dir() -> Path:
     return SPEECH
 
 
+def load_script(path: Path, name: str):
+    """A script that is not in a package (``bench/*.py``, ``tokenize/run.py``: DESIGN §2) as the
+    module ``name``, registered in ``sys.modules`` (dataclasses look their module up there)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def speech_manifest() -> list[dict]:
     import csv
 

@@ -3,23 +3,17 @@ paired with their reference by file stem, and scored; what cannot be scored is s
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 DIARIZATION = REPO.parent / "shared" / "diarization"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_diarization", REPO / "bench" / "diarization.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_diarization"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "bench" / "diarization.py", "bench_diarization")
 
 
 def test_own_recordings_pair_audio_with_the_rttm_beside_it(tmp_path, capsys):

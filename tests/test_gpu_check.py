@@ -6,7 +6,6 @@ still writes its report.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,24 +13,17 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 KIT = REPO / "bench" / "gpu_check.py"
 
 
 def _kit():
-    spec = importlib.util.spec_from_file_location("gpu_check", KIT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(KIT, "gpu_check")
 
 
 def _tokenize_job():
-    spec = importlib.util.spec_from_file_location("tokenize_job", REPO / "bench" / "tokenize_job.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "bench" / "tokenize_job.py", "tokenize_job")
 
 
 @pytest.fixture(scope="module")

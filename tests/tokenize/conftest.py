@@ -6,7 +6,6 @@ The ingest runs once per session on a few short English files of ../shared/speec
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
@@ -36,11 +37,7 @@ SPEECH_FILES = [
 
 def load_run_module():
     """tokenize/run.py as a module (it is a script in a folder that must not be a package)."""
-    spec = importlib.util.spec_from_file_location("tokenize_run", REPO / "tokenize" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["tokenize_run"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "tokenize" / "run.py", "tokenize_run")
 
 
 @pytest.fixture(scope="session")
