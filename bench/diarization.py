@@ -135,14 +135,15 @@ def own_recordings(folder: Path) -> list[dict]:
     ``<stem>.uem`` if there is one), split ``own``: a user's own conversations, or recordings
     nobody tuned on. The RTTM's turns of the file's uri are used (uri = the file's stem; an RTTM
     that names one other uri is taken as that file's). Files without an RTTM are listed and
-    left out; a folder with none is an error."""
-    from pipeline.config import AUDIO_EXTENSIONS
+    left out; a folder with none is an error. The audio files are the ones the ingest would
+    find there (``pipeline.discover``), as absolute paths: the ingest's rows name them so."""
+    from pipeline.discover import discover
 
     folder = Path(folder)
     if not folder.is_dir():
         raise SystemExit(f"--recordings {folder}: not a folder")
     out, missing = [], []
-    for path in sorted(x for x in folder.rglob("*") if x.is_file() and x.name.lower().endswith(AUDIO_EXTENSIONS)):
+    for path in map(Path, discover([str(folder)])):
         rttm = path.with_suffix(".rttm")
         if not rttm.is_file():
             missing.append(path.name)
@@ -362,7 +363,7 @@ def main(argv=None) -> int:
                     help="encoders: same/different-speaker AUC of each speaker encoder on reference windows; "
                          "single: the ingest on the single-speaker files (speakers per source, what is dropped)")
     ap.add_argument("--split", choices=["tune", "held", "all", "none"], default="all",
-                    help="which real recordings (none: only --simulated and --meetings)")
+                    help="which real recordings (none: only --simulated, --meetings and --recordings)")
     ap.add_argument("--simulated", type=int, default=0, metavar="N",
                     help="also N simulated conversations of 2-6 voices, reported apart")
     ap.add_argument("--meetings", action="store_true",

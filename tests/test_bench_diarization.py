@@ -4,6 +4,7 @@ paired with their reference by file stem, and scored; what cannot be scored is s
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ def _bench():
     return load_script(REPO / "bench" / "diarization.py", "bench_diarization")
 
 
-def test_own_recordings_pair_audio_with_the_rttm_beside_it(tmp_path, capsys):
+def test_own_recordings_pair_audio_with_the_rttm_beside_it(tmp_path, capsys, monkeypatch):
     bench = _bench()
     src = DIARIZATION / "ami-en2002b-137-152"
     (tmp_path / "calls").mkdir()
@@ -28,6 +29,9 @@ def test_own_recordings_pair_audio_with_the_rttm_beside_it(tmp_path, capsys):
     ref = recs[0]["reference"]
     assert ref.uri == "a" and len(ref.labels()) == 4
     assert "b.wav" in capsys.readouterr().err
+    # named by absolute path, as the ingest's segments rows name their source, from a relative folder too
+    monkeypatch.chdir(tmp_path)
+    assert [r["path"] for r in bench.own_recordings(Path("."))] == [str(tmp_path / "a.wav")]
     # the scoring runs on it: a perfect hypothesis scores 0, and the speaker count is right
     turns = [(s.start, s.end, label) for s, _, label in ref.itertracks(yield_label=True)]
     res = bench.score(recs, {"a": turns})
