@@ -275,9 +275,8 @@ class Assemble(_Stage):
 
     def process(self, row: dict) -> None:
         t = row["transcript"]
-        seg = row.get("segmentation")
         row["segment_rows"], row["samples"] = self.assembler(row, row["audio16"], row["audio24"], t,
-                                                             row.get("diarization"), seg.speech if seg else None)
+                                                             row.get("diarization"), row["segmentation"].speech)
         row["language"], row["language_prob"] = t.language, t.language_prob
 
     def __call__(self, batch: Batch) -> Batch:
