@@ -75,7 +75,8 @@ class Assembler:
             words = [{**w, "speaker": "SPEAKER_00", "overlap": False} for w in words]
             labels = ["SPEAKER_00"]
         utts = build_utterances(words, max_pause=cfg.max_pause, max_duration=cfg.max_duration,
-                                min_duration=cfg.min_duration, edge_pad=cfg.edge_pad, total=total, turns=exclusive)
+                                min_duration=cfg.min_duration, edge_pad=cfg.edge_pad, total=total, turns=exclusive,
+                                sentence_pause=cfg.sentence_pause if cfg.sentence_pause < cfg.max_pause else None)
         utts = utts + untranscribed_turns(exclusive, utts, max_pause=cfg.max_pause)
         if diarization is not None:
             utts += overlapped_turns(diarization.turns, utts, max_pause=cfg.max_pause)

@@ -3,8 +3,9 @@
 Pure logic (no models): words come from the transcriber, speakers from the diarizer.
 Boundaries fall only between words: at speaker changes (of the words' speakers, or of the
 diarizer's turns in the pause between two words of one speaker, e.g. a backchannel that ASR
-did not transcribe), at pauses of at least ``max_pause`` s, at overlapped speech, and, for
-runs longer than ``max_duration``, at the longest pause inside the run. All times are
+did not transcribe), at pauses of at least ``max_pause`` s, at a sentence's end followed by a
+pause of at least ``sentence_pause`` s, at overlapped speech, and, for runs longer than
+``max_duration``, at the longest pause inside the run. All times are
 seconds relative to the source.
 """
 
@@ -112,6 +113,14 @@ def _changes(turns, a: dict, b: dict, min_change: float) -> bool:
     return bool(turns) and other_speaker_time(turns, a["end"], b["start"], a["speaker"]) > min_change
 
 
+SENTENCE_ENDS = (".", "?", "!", "\u3002", "\uff1f", "\uff01")  # and the CJK full stop, ？ and ！
+
+
+def _sentence_break(a: dict, b: dict, pause: float | None) -> bool:
+    """Word ``a`` ends a sentence and ``b`` starts at least ``pause`` s after it."""
+    return pause is not None and b["start"] - a["end"] >= pause and a["word"].strip().endswith(SENTENCE_ENDS)
+
+
 def _split_long(words: list[dict], max_duration: float) -> list[list[dict]]:
     """Cut a run of words at its longest inner pause until each piece fits ``max_duration``."""
     if len(words) <= 1 or words[-1]["end"] - words[0]["start"] <= max_duration:
@@ -123,15 +132,24 @@ def _split_long(words: list[dict], max_duration: float) -> list[list[dict]]:
 
 def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration: float = 30.0,
                      min_duration: float = 1.0, edge_pad: float = 0.1, total: float | None = None,
-                     turns: list[tuple[float, float, str]] = (), min_change: float = 0.05) -> list[Utterance]:
+                     turns: list[tuple[float, float, str]] = (), min_change: float = 0.05,
+                     sentence_pause: float | None = None) -> list[Utterance]:
     """Words (with ``speaker`` and ``overlap`` from :func:`assign_speakers`) -> utterances.
 
     ``turns``: the diarizer's exclusive turns (start, end, label), seconds; two words of one
     speaker are never joined across more than ``min_change`` s of another speaker's turn
     (the tolerance absorbs frame rounding at turn edges).
 
+    ``sentence_pause``: a word that ends a sentence (``.``, ``?``, ``!``, as Whisper punctuates)
+    and a pause of at least this many seconds after it end the utterance too, even below
+    ``max_pause`` (None: off). In conversation a voice hands over at a sentence's end, often
+    after a short pause: where the diarizer hears no change (two similar voices tracked as one),
+    that is the only cue left (AMI dev00: "And you're all his." / "I'm the marketing expert." /
+    "You're the marketing expert, OK?", three turns 0.24 and 0.38 s apart).
+
     Adjacent runs of the same speaker shorter than ``min_duration`` are merged when the pause
-    between them is below ``max_pause`` * 2 and the result fits; edges get ``edge_pad`` s of
+    between them is below ``max_pause`` * 2, the result fits and no sentence ends between them
+    (as above: "No." is often another voice than the sentence after it); edges get ``edge_pad`` s of
     context, never reaching into the neighbouring word.
     """
     words = sorted((w for w in words if w["end"] >= w["start"]), key=lambda w: w["start"])
@@ -140,7 +158,8 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
         if runs:
             prev = runs[-1][-1]
             same = (w["speaker"] == prev["speaker"] and w.get("overlap", False) == prev.get("overlap", False))
-            if same and w["start"] - prev["end"] < max_pause and not _changes(turns, prev, w, min_change):
+            if (same and w["start"] - prev["end"] < max_pause and not _changes(turns, prev, w, min_change)
+                    and not _sentence_break(prev, w, sentence_pause)):
                 runs[-1].append(w)
                 continue
         runs.append([w])
@@ -157,7 +176,8 @@ def build_utterances(words: list[dict], *, max_pause: float = 0.8, max_duration:
             fits = p[-1]["end"] - q[0]["start"] <= max_duration
             same = p[0]["speaker"] == q[-1]["speaker"] and p[0].get("overlap") == q[-1].get("overlap")
             if (short and fits and same and p[0]["start"] - q[-1]["end"] < 2 * max_pause
-                    and not _changes(turns, q[-1], p[0], min_change)):
+                    and not _changes(turns, q[-1], p[0], min_change)
+                    and not _sentence_break(q[-1], p[0], sentence_pause)):
                 q.extend(p)
                 continue
         merged.append(list(p))

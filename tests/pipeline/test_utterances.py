@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from pipeline.transcribe import Transcript
 from pipeline.utterances import assign_speakers, build_utterances
 
 
@@ -163,3 +165,46 @@ def test_a_backchannel_over_a_quarter_of_a_word_flags_it_as_overlapped():
     # and the utterances split around that word: A's speech on both sides is kept apart from it
     utts = build_utterances(assign_speakers(words, turns, exclusive), min_duration=0.1, edge_pad=0.0)
     assert [(u.text, u.overlap) for u in utts] == [("so", False), ("then", True), ("we", False)]
+
+
+def test_a_sentence_end_before_a_pause_ends_the_utterance():
+    """dev00's turns as ASR gives them: one diarized voice, three sentences 0.24 and 0.38 s
+    apart (below max_pause), spoken by two people in turn."""
+    words = [w("And", 24.38, 24.60), w("you're", 25.24, 25.48), w("all", 25.48, 25.68), w("his.", 25.68, 26.18),
+             w("I'm", 26.42, 26.82), w("the", 26.82, 27.46), w("marketing", 27.46, 27.68),
+             w("expert.", 27.68, 28.22), w("You're", 28.60, 28.82), w("the", 28.82, 28.90),
+             w("marketing", 28.90, 29.22), w("expert,", 29.22, 29.62), w("OK?", 29.62, 29.98)]
+    whole = build_utterances(words, max_pause=0.5, min_duration=1.0, edge_pad=0.1)
+    assert [u.text for u in whole] == [" ".join(x["word"] for x in words)]
+    utts = build_utterances(words, max_pause=0.5, min_duration=1.0, edge_pad=0.1, sentence_pause=0.1)
+    assert [u.text for u in utts] == ["And you're all his.", "I'm the marketing expert.",
+                                      "You're the marketing expert, OK?"]
+    # a comma is no sentence end; a full stop with no pause after it (an abbreviation) splits nothing
+    assert len(build_utterances([w("Well,", 0.0, 0.4), w("yes", 0.7, 1.2)], sentence_pause=0.1,
+                                min_duration=0.1)) == 1
+    assert len(build_utterances([w("Mr.", 0.0, 0.4), w("Smith", 0.45, 1.2)], sentence_pause=0.1,
+                                min_duration=0.1)) == 1
+
+
+def test_a_short_sentence_is_not_merged_back_across_its_end():
+    """Short pieces join a same-speaker neighbour, but not across a sentence's end: "No." and
+    the next sentence are often two voices."""
+    words = [w("No.", 0.0, 0.4), w("Put", 0.8, 1.0), w("it", 1.0, 1.2), w("there", 1.2, 1.8)]
+    assert [u.text for u in build_utterances(words, max_pause=0.5, min_duration=1.0)] == ["No. Put it there"]
+    assert [u.text for u in build_utterances(words, max_pause=0.5, min_duration=1.0, sentence_pause=0.1)] == \
+        ["No.", "Put it there"]
+
+
+def test_sentence_pause_is_validated_and_turned_off_at_max_pause(monkeypatch):
+    from pipeline import assemble
+    from pipeline.config import ConfigError, IngestConfig
+
+    with pytest.raises(ConfigError, match="sentence_pause"):
+        IngestConfig(inputs=["x"], output="x", sentence_pause=-0.1)
+    seen = []
+    monkeypatch.setattr(assemble, "build_utterances", lambda words, **kw: seen.append(kw["sentence_pause"]) or [])
+    for value in (0.1, 0.5, 0.9):
+        cfg = IngestConfig(inputs=["x"], output="x", max_pause=0.5, sentence_pause=value)
+        assemble.Assembler(cfg)({"source_id": "s", "path": "p"}, np.zeros(16000, np.float32),
+                                np.zeros(24000, np.float32), Transcript("en", 1.0, []), None, [])
+    assert seen == [0.1, None, None]
