@@ -168,16 +168,17 @@ def test_a_backchannel_over_a_quarter_of_a_word_flags_it_as_overlapped():
 
 
 def test_a_sentence_end_before_a_pause_ends_the_utterance():
-    """dev00's turns as ASR gives them: one diarized voice, three sentences 0.24 and 0.38 s
-    apart (below max_pause), spoken by two people in turn."""
-    words = [w("And", 24.38, 24.60), w("you're", 25.24, 25.48), w("all", 25.48, 25.68), w("his.", 25.68, 26.18),
+    """AMI dev00 24.4-30 s, the words as tiny.en gives them: one diarized voice, sentences 0.12 to
+    0.38 s apart (below max_pause), spoken by two people in turn (MEE009, MEE012, MEE009)."""
+    words = [w("And", 24.38, 24.60), w("he's", 24.60, 24.82), w("Ed.", 24.82, 25.12),
+             w("And", 25.24, 25.24), w("you're", 25.24, 25.48), w("all", 25.48, 25.68), w("his.", 25.68, 26.18),
              w("I'm", 26.42, 26.82), w("the", 26.82, 27.46), w("marketing", 27.46, 27.68),
              w("expert.", 27.68, 28.22), w("You're", 28.60, 28.82), w("the", 28.82, 28.90),
              w("marketing", 28.90, 29.22), w("expert,", 29.22, 29.62), w("OK?", 29.62, 29.98)]
     whole = build_utterances(words, max_pause=0.5, min_duration=1.0, edge_pad=0.1)
     assert [u.text for u in whole] == [" ".join(x["word"] for x in words)]
     utts = build_utterances(words, max_pause=0.5, min_duration=1.0, edge_pad=0.1, sentence_pause=0.1)
-    assert [u.text for u in utts] == ["And you're all his.", "I'm the marketing expert.",
+    assert [u.text for u in utts] == ["And he's Ed.", "And you're all his.", "I'm the marketing expert.",
                                       "You're the marketing expert, OK?"]
     # a comma is no sentence end; a full stop with no pause after it (an abbreviation) splits nothing
     assert len(build_utterances([w("Well,", 0.0, 0.4), w("yes", 0.7, 1.2)], sentence_pause=0.1,
