@@ -14,13 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
-
-REPO = Path(__file__).resolve().parents[2]
-SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from tests.conftest import REPO, load_script  # its import also sets the offline environment
 
 # Short English utterances of different lengths (1.3 s .. 11.7 s) and formats (wav 16/22 kHz, flac).
 SPEECH_FILES = [
@@ -41,10 +35,9 @@ def load_run_module():
 
 
 @pytest.fixture(scope="session")
-def speech() -> Path:
-    if not (SPEECH / "MANIFEST.tsv").is_file():
-        pytest.skip(f"real speech folder not found at {SPEECH} (set VOXFORGE_SPEECH)")
-    return SPEECH
+def speech(speech_dir) -> Path:
+    """The real speech folder (``tests/conftest.py``'s ``speech_dir``: skips where it is missing)."""
+    return speech_dir
 
 
 @pytest.fixture(scope="session")
