@@ -65,8 +65,7 @@ class Assembler:
         cfg = self.cfg
         total = len(audio16) / cfg.analysis_rate
         words = [{**w, "seg": i} for i, s in enumerate(transcript.segments) for w in s["words"]]
-        if speech:
-            words = fit_words_to_speech(words, speech)
+        words = fit_words_to_speech(words, speech or [])
         exclusive = diarization.exclusive if diarization is not None else []
         if exclusive:
             words = assign_speakers(words, diarization.turns, exclusive, diarization.overlap)
