@@ -25,7 +25,9 @@ Figures (pyannote.metrics): DER with its parts (missed, false alarm, confusion),
 collar (``collar=0.5``) and without; speakers found against the reference (the count is "right"
 within ±1); and for the ingest's kept segments, speaker purity and consistency
 (``pipeline.evaluation.speaker_purity_consistency``). Pooled figures are duration-weighted
-sums over the recordings of a split.
+sums over the recordings of a split. "Two-voice floor": the DER of the reference itself cut to at
+most two voices at once (``two_voice_reference``), the part of a split's DER that a diarizer built
+on a model of two voices at a time, as this one is, cannot remove.
 """
 
 from __future__ import annotations
@@ -251,6 +253,24 @@ def run_ingest(recs: list[dict], work: Path, cfg_args: list[str]) -> tuple[dict,
     return every, kept
 
 
+def two_voice_reference(reference):
+    """The reference as a diarizer that outputs at most two voices at once (segmentation-3.0's
+    powerset, pyannote's pipeline) could give it at best: wherever three or more speak, the two
+    whose current turns began first (ties: by label). Its DER against the reference is the part
+    of a split's error that no such diarizer can remove (the "two-voice floor")."""
+    from pyannote.core import Annotation, Segment
+
+    turns = [(seg.start, seg.end, label) for label in sorted(reference.labels())
+             for seg in reference.label_timeline(label).support()]
+    cuts = sorted({t for s, e, _ in turns for t in (s, e)})
+    out = Annotation(uri=reference.uri)
+    for a, b in zip(cuts, cuts[1:]):
+        on = sorted((s, label) for s, e, label in turns if s <= a and e >= b)
+        for _, label in on[:2]:
+            out[Segment(a, b), len(out)] = label
+    return out.support()
+
+
 def score(recs: list[dict], turns: dict, kept: dict | None = None) -> dict:
     """DER (±0.25 s collar and none), speaker counts and, given kept segments, purity and
     consistency: per recording and pooled."""
@@ -269,8 +289,9 @@ def score(recs: list[dict], turns: dict, kept: dict | None = None) -> dict:
             pc = speaker_purity_consistency(r["reference"], kept[u], r["uem"])
             per[u].update(purity=pc["purity"], consistency=pc["consistency"])
             sums = [a + b for a, b in zip(sums, (*pc["purity_sums"], *pc["consistency_sums"]))]
+    floor = der(refs, {u: two_voice_reference(r) for u, r in refs.items()}, uems, collar=0.5)
     pooled = {"der": collar["der"], "missed": collar["missed"], "false_alarm": collar["false_alarm"],
-              "confusion": collar["confusion"], "der_no_collar": none["der"],
+              "confusion": collar["confusion"], "der_no_collar": none["der"], "two_voice_floor": floor["der"],
               "speaker_count_within_1": count_ok / len(recs), "n": len(recs)}
     if kept is not None:
         pooled["purity"] = sums[0] / sums[1] if sums[1] else None
@@ -352,7 +373,8 @@ def print_report(title: str, res: dict) -> None:
               f"{p['speakers_found']:>3d}/{p['speakers_ref']:<3d} {_f(p.get('purity'))} {_f(p.get('consistency'))}")
     q = res["pooled"]
     print(f"POOLED ({q['n']}): DER {q['der']:.3f} (missed {q['missed']:.3f}, false alarm {q['false_alarm']:.3f}, "
-          f"confusion {q['confusion']:.3f}; no collar {q['der_no_collar']:.3f}); speaker count within ±1 on "
+          f"confusion {q['confusion']:.3f}; no collar {q['der_no_collar']:.3f}; two-voice floor "
+          f"{q['two_voice_floor']:.3f}); speaker count within ±1 on "
           f"{q['speaker_count_within_1']:.0%}" + (f"; purity {_f(q['purity'])}, consistency {_f(q['consistency'])}"
                                                   if "purity" in q else ""))
 

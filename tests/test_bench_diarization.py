@@ -52,3 +52,33 @@ def test_own_recordings_refuse_what_cannot_be_scored(tmp_path):
                                      "SPEAKER y 1 0.0 1.0 <NA> <NA> B <NA> <NA>\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="no turns for uri 'a'"):
         bench.own_recordings(tmp_path)
+
+
+def test_two_voice_floor_cuts_the_third_voice_and_scores_it(tmp_path):
+    """The two-voice floor keeps, wherever three or more speak, the two voices whose turns began
+    first; scored against the reference, exactly the cut speech is missed."""
+    from pyannote.core import Annotation, Segment
+
+    bench = _bench()
+    ref = Annotation(uri="x")
+    ref[Segment(0, 10)] = "A"
+    ref[Segment(2, 6)] = "B"
+    ref[Segment(4, 8)] = "C"  # 4-6 s: three voices; C began last and is cut there
+    cut = bench.two_voice_reference(ref)
+    assert cut.label_timeline("A").duration() == pytest.approx(10)
+    assert cut.label_timeline("B").duration() == pytest.approx(4)
+    assert cut.label_timeline("C").duration() == pytest.approx(2)  # 6-8 s only
+    rec = {"uri": "x", "reference": ref, "uem": None, "group": "g"}
+    res = bench.score([rec], {"x": [(s.start, s.end, label) for s, _, label in cut.itertracks(yield_label=True)]})
+    # C's 4-6 s are missed. The collar takes ±0.25 s around every reference boundary (0, 2, 4, 6,
+    # 8, 10 s) out of the scoring: 1.5 s missed of 13.5 s scored (A 7.5, B 3, C 3)
+    assert res["pooled"]["two_voice_floor"] == pytest.approx(res["pooled"]["der"])
+    assert res["pooled"]["der"] == pytest.approx(1.5 / 13.5, abs=1e-6)
+    # a real meeting excerpt: at most two voices at any time after the cut, and a floor above 0
+    real = bench.reference_of(DIARIZATION / "ami-en2002a-184-214.rttm", "ami-en2002a-184-214")
+    cut = bench.two_voice_reference(real)
+    tracks = [s for s, _ in cut.itertracks()]
+    for t in [x / 10 for x in range(300)]:
+        assert sum(s.start <= t < s.end for s in tracks) <= 2
+    rec = {"uri": real.uri, "reference": real, "uem": None, "group": "g"}
+    assert bench.score([rec], {real.uri: []})["pooled"]["two_voice_floor"] > 0.05
