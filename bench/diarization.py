@@ -2,7 +2,8 @@
 whole ingest gives users (the speaker labels of its ``segments`` rows).
 
     .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders|single] [--split tune|held|all]
-        [--simulated N] [--meetings] [--recordings DIR] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"] [--json out.json]
+        [--simulated N] [--meetings] [--recordings DIR] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"]
+        [--oracle-clustering] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
   - ``../shared/speech/pyannote-audio/tests/data``: 14 AMI clips of 30 s, scored inside their UEM;
@@ -27,7 +28,10 @@ within ±1); and for the ingest's kept segments, speaker purity and consistency
 (``pipeline.evaluation.speaker_purity_consistency``). Pooled figures are duration-weighted
 sums over the recordings of a split. "Two-voice floor": the DER of the reference itself cut to at
 most two voices at once (``two_voice_reference``), the part of a split's DER that a diarizer built
-on a model of two voices at a time, as this one is, cannot remove.
+on a model of two voices at a time, as this one is, cannot remove. ``--oracle-clustering`` (stage
+mode) also runs the stage with each (window, local speaker) given to the reference speaker it
+overlaps most: the gap between the two stage rows is what better embeddings or clustering could
+still win; the rest is the segmentation's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pipeline.evaluation import annotation, der, load_rttm, load_uem, speaker_purity_consistency
@@ -209,19 +214,49 @@ def n_speakers(reference, uem) -> int:
     return len((reference.crop(uem) if uem is not None else reference).labels())
 
 
-def run_stage(recs: list[dict], cfg_args: list[str]) -> dict[str, list[tuple[float, float, str]]]:
+def reference_clustering():
+    """pyannote's ``OracleClustering`` fed with a reference set on it (``.reference``) before each
+    recording: each (window, local speaker) of the segmentation goes to the reference speaker it
+    overlaps most. What DER is left is the segmentation's (voices it merges within a window,
+    overlapped speech it misses), which no speaker embedding or clustering can remove."""
+    from pyannote.audio.pipelines.clustering import OracleClustering
+
+    class ReferenceClustering(OracleClustering):
+        reference = None
+
+        def __call__(self, *args, segmentations=None, file=None, **kwargs):
+            # the reference is cut into the segmentation's own windows, the last one padded as
+            # pyannote pads it (a file shorter than one window still has one)
+            sw, chunks = segmentations.sliding_window, segmentations.data.shape[0]
+            file = {**file, "annotation": self.reference, "duration": sw[chunks - 1].end}
+            with warnings.catch_warnings():  # numpy's "mean of empty slice": a reference voice no window holds
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return super().__call__(*args, segmentations=segmentations, file=file, **kwargs)
+
+    return ReferenceClustering()
+
+
+def run_stage(recs: list[dict], cfg_args: list[str], oracle: bool = False) -> dict[str, list[tuple[float, float, str]]]:
     """The diarize stage alone, with the ingest's own settings (``cfg_args`` as on its command
-    line), on 16 kHz audio decoded by the ingest's decoder: uri -> speaker turns."""
+    line), on 16 kHz audio decoded by the ingest's decoder: uri -> speaker turns. ``oracle``:
+    the clustering is replaced by ``reference_clustering``."""
     from pipeline.decode import Decoder
     from pipeline.ingest import parse_args
     from pipeline.stages import Diarize, Segment
 
     cfg = parse_args(["--input", "-", "--output", "-", *cfg_args])
     decoder, segment, diarize = Decoder(), Segment(cfg), Diarize(cfg)
+    if oracle:
+        if diarize.diarizer is None or not diarize.diarizer.offline:
+            raise SystemExit("--oracle-clustering needs the offline diarizer (no --diarization NAME)")
+        pipe = diarize.diarizer.pipeline
+        pipe.clustering, pipe.klustering = reference_clustering(), "OracleClustering"
     out = {}
     for r in recs:
         row = {"path": r["path"], "status": "ok", "audio16": decoder(r["path"]).audio16}
         segment.process(row)
+        if oracle:
+            pipe.clustering.reference = r["reference"]
         diarize.process(row)
         out[r["uri"]] = row["diarization"].turns if row["diarization"] else []
     return out
@@ -395,6 +430,9 @@ def main(argv=None) -> int:
                          "(and <stem>.uem if any), reported apart as split 'own'")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_diarization"))
     ap.add_argument("--pipeline-args", default="", help="ingest options (e.g. '--clustering threshold')")
+    ap.add_argument("--oracle-clustering", action="store_true",
+                    help="stage mode: each (window, local speaker) goes to the reference speaker it overlaps most, "
+                         "so the DER left is the segmentation's, not the embeddings' or the clustering's")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -430,6 +468,11 @@ def main(argv=None) -> int:
             res = score(sub, run_stage(sub, cfg_args))
             print_report(f"diarize stage alone, {split} ({time.perf_counter() - t:.0f} s)", res)
             report[f"stage_{split}"] = res
+            if a.oracle_clustering:
+                t = time.perf_counter()
+                res = score(sub, run_stage(sub, cfg_args, oracle=True))
+                print_report(f"diarize stage alone, oracle clustering, {split} ({time.perf_counter() - t:.0f} s)", res)
+                report[f"stage_oracle_{split}"] = res
         if a.mode in ("ingest", "both"):
             t = time.perf_counter()
             shutil.rmtree(a.work / split, ignore_errors=True)  # a fresh run, not a resume

@@ -82,3 +82,17 @@ def test_two_voice_floor_cuts_the_third_voice_and_scores_it(tmp_path):
         assert sum(s.start <= t < s.end for s in tracks) <= 2
     rec = {"uri": real.uri, "reference": real, "uem": None, "group": "g"}
     assert bench.score([rec], {real.uri: []})["pooled"]["two_voice_floor"] > 0.05
+
+
+def test_oracle_clustering_leaves_only_the_segmentations_error():
+    """--oracle-clustering gives each (window, local speaker) the reference speaker it overlaps
+    most: on a real 4-speaker meeting excerpt the oracle finds all four (the offline clustering
+    merges two of them today) and scores no worse than the stage's own clustering."""
+    bench = _bench()
+    rec = next(r for r in bench.recordings() if r["uri"] == "ami-en2002a-184-214")
+    ours = bench.score([rec], bench.run_stage([rec], []))["per_recording"][rec["uri"]]
+    oracle = bench.score([rec], bench.run_stage([rec], [], oracle=True))["per_recording"][rec["uri"]]
+    assert oracle["speakers_found"] == oracle["speakers_ref"] == 4
+    assert oracle["der"] <= ours["der"]
+    with pytest.raises(SystemExit, match="offline diarizer"):
+        bench.run_stage([rec], ["--diarization", "none"], oracle=True)
