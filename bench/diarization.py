@@ -435,6 +435,8 @@ def main(argv=None) -> int:
                          "so the DER left is the segmentation's, not the embeddings' or the clustering's")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
+    if a.oracle_clustering and a.mode not in ("stage", "both"):
+        ap.error("--oracle-clustering runs the diarize stage: use it with --mode stage or --mode both")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_args = shlex.split(a.pipeline_args)
     recs = recordings()

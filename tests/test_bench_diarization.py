@@ -96,3 +96,5 @@ def test_oracle_clustering_leaves_only_the_segmentations_error():
     assert oracle["der"] <= ours["der"]
     with pytest.raises(SystemExit, match="offline diarizer"):
         bench.run_stage([rec], ["--diarization", "none"], oracle=True)
+    with pytest.raises(SystemExit):  # the ingest runs as a subprocess: no clustering to replace there
+        bench.main(["--mode", "ingest", "--oracle-clustering"])
