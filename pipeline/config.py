@@ -198,6 +198,12 @@ class IngestConfig:
     embed_every_chunk: bool = field(default=False, metadata=cli(
         "offline diarizer: embed every window's local speakers (about twice the speaker encoder's "
         "work) instead of every other window's, the others matched to their neighbours", group="diarization"))
+    # a (window, local speaker) with less speech of its own (no one else talking) gives an
+    # embedding too noisy to found a speaker on; it takes the nearest cluster afterwards
+    # (None: the diarizer's default, pipeline.speaker_clustering, where it is measured)
+    min_clean_speech: float | None = field(default=None, metadata=cli(
+        "offline diarizer: seconds a local speaker must talk alone in a window for its embedding "
+        "to join the clustering; the others join the nearest speaker (default: 1.5)", group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
     min_speaker_purity: float = field(default=0.9, metadata=cli(
@@ -292,6 +298,8 @@ class IngestConfig:
             raise ConfigError(f"min_silhouette is a silhouette score in [-1, 1], got {self.min_silhouette}")
         if self.overlap_threshold is not None and not 0.0 < self.overlap_threshold < 1.0:
             raise ConfigError(f"overlap_threshold is an activation in (0, 1) (or None: off), got {self.overlap_threshold}")
+        if self.min_clean_speech is not None and not 0.0 < self.min_clean_speech <= 10.0:
+            raise ConfigError(f"min_clean_speech is seconds of a 10 s window, in (0, 10], got {self.min_clean_speech}")
         if not 0.0 <= self.min_speaker_purity <= 1.0:
             raise ConfigError(f"min_speaker_purity is a share in [0, 1], got {self.min_speaker_purity}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):

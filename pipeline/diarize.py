@@ -130,7 +130,7 @@ MIN_CLUSTER_SIZE = 2
 def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5,
                             min_cluster_size=MIN_CLUSTER_SIZE,
                             clustering="threshold", min_silhouette=0.2, speaker_encoder="campplus",
-                            reuse_embeddings=True):
+                            reuse_embeddings=True, min_clean_speech=None):
     from pyannote.audio.pipelines import SpeakerDiarization
 
     from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
@@ -186,6 +186,8 @@ def _build_offline_pipeline(segmentation_path, step, threshold, device, token, o
             "segmentation": seg_params,
             "clustering": {"method": "centroid", "min_cluster_size": min_cluster_size, "threshold": threshold},
         })
+    if min_clean_speech is not None:
+        p.clustering.min_clean_speech = min_clean_speech
     p.to(device)
     return p
 
@@ -199,7 +201,7 @@ class Diarizer:
                  max_speakers: int | None = None, token: str | None = None, onset: float = 0.5,
                  min_cluster_size: int = MIN_CLUSTER_SIZE, clustering: str = "threshold", min_silhouette: float = 0.2,
                  overlap_threshold: float | None = 0.1, speaker_encoder: str = "campplus",
-                 reuse_embeddings: bool = True):
+                 reuse_embeddings: bool = True, min_clean_speech: float | None = None):
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
@@ -209,7 +211,7 @@ class Diarizer:
         if self.offline:
             self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
                                                    min_cluster_size, clustering, min_silhouette, speaker_encoder,
-                                                   reuse_embeddings)
+                                                   reuse_embeddings, min_clean_speech)
         else:
             from pyannote.audio import Pipeline
 

@@ -253,7 +253,8 @@ class Diarize(_Stage):
                                      cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette,
                                      overlap_threshold=cfg.overlap_threshold,
                                      speaker_encoder=cfg.speaker_encoder,
-                                     reuse_embeddings=not cfg.embed_every_chunk)
+                                     reuse_embeddings=not cfg.embed_every_chunk,
+                                     min_clean_speech=cfg.min_clean_speech)
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech

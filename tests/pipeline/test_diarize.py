@@ -204,3 +204,40 @@ def test_a_brief_second_voice_in_a_long_monologue_keeps_its_own_label(speech_dir
     start = 80.5  # seconds: the reader's 8 s after the gap
     assert len({t[2] for t in turns}) == 2
     assert label_of(start + 0.5, start + 7.5) != label_of(0.0, 78.0) == label_of(start + 10, len(audio) / 16_000)
+
+
+@pytest.mark.parametrize("clustering", ["threshold", "silhouette"])
+def test_min_clean_speech_decides_which_local_speakers_join_the_clustering(clustering):
+    import torch
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    from pipeline.diarize import _build_offline_pipeline
+
+    p = _build_offline_pipeline(None, 0.5, None, torch.device("cpu"), None, clustering=clustering, min_clean_speech=1.5)
+    frames = 589  # segmentation-3.0's frames per 10 s window
+    data = np.zeros((2, frames, 3), dtype=np.float32)
+    alone = lambda s: int(round(s / 10.0 * frames))  # noqa: E731
+    data[0, :alone(1.7), 0] = 1  # speaks alone 1.7 s: joins at 1.5 s, not at pyannote's 2 s
+    data[0, alone(5):alone(5) + alone(1.2), 1] = 1  # 1.2 s: too little either way
+    data[1, :alone(3.0), 2] = 1  # 2.5 s alone (the last 0.5 s under speaker 0): joins either way
+    data[1, alone(2.5):alone(6), 0] = 1  # 3 s alone: joins either way
+    segs = SlidingWindowFeature(data, SlidingWindow(start=0.0, duration=10.0, step=5.0))
+    emb = np.ones((2, 3, 4), dtype=np.float32)
+    emb[0, 2] = np.nan  # not active: no embedding
+
+    def joined():
+        _, chunk, speaker = p.clustering.filter_embeddings(emb, segmentations=segs)
+        return sorted(zip(chunk.tolist(), speaker.tolist()))
+
+    assert joined() == [(0, 0), (1, 0), (1, 2)]
+    p.clustering.min_clean_speech = 2.0
+    assert joined() == [(1, 0), (1, 2)]
+    p.clustering.min_clean_speech = 1.0
+    assert joined() == [(0, 0), (0, 1), (1, 0), (1, 2)]
+
+
+def test_min_clean_speech_is_validated():
+    assert parse_args(["--input", "x", "--output", "y", "--min-clean-speech", "1.5"]).min_clean_speech == 1.5
+    for bad in ("0", "-1", "12"):
+        with pytest.raises(ConfigError, match="min_clean_speech"):
+            IngestConfig(inputs=["x"], output="y", min_clean_speech=float(bad))
