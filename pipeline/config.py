@@ -203,7 +203,8 @@ class IngestConfig:
     # (None: the diarizer's default, pipeline.speaker_clustering, where it is measured)
     min_clean_speech: float | None = field(default=None, metadata=cli(
         "offline diarizer: seconds a local speaker must talk alone in a window for its embedding "
-        "to join the clustering; the others join the nearest speaker (default: 1.5)", group="diarization"))
+        "to join the clustering; the others join the nearest speaker (default: 1.5; 2 with --clustering "
+        "silhouette)", group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
     min_speaker_purity: float = field(default=0.9, metadata=cli(

@@ -213,12 +213,15 @@ def test_min_clean_speech_decides_which_local_speakers_join_the_clustering(clust
 
     from pipeline.diarize import _build_offline_pipeline
 
+    default = _build_offline_pipeline(None, 0.5, None, torch.device("cpu"), None, clustering=clustering)
+    # 1.5 s measured with CAM++ and the cut (README); the silhouette clustering keeps pyannote's 2 s
+    assert default.clustering.min_clean_speech == {"threshold": 1.5, "silhouette": 2.0}[clustering]
     p = _build_offline_pipeline(None, 0.5, None, torch.device("cpu"), None, clustering=clustering, min_clean_speech=1.5)
     frames = 589  # segmentation-3.0's frames per 10 s window
     data = np.zeros((2, frames, 3), dtype=np.float32)
     alone = lambda s: int(round(s / 10.0 * frames))  # noqa: E731
     data[0, :alone(1.7), 0] = 1  # speaks alone 1.7 s: joins at 1.5 s, not at pyannote's 2 s
-    data[0, alone(5):alone(5) + alone(1.2), 1] = 1  # 1.2 s: too little either way
+    data[0, alone(5):alone(5) + alone(1.2), 1] = 1  # 1.2 s: joins only at 1 s
     data[1, :alone(3.0), 2] = 1  # 2.5 s alone (the last 0.5 s under speaker 0): joins either way
     data[1, alone(2.5):alone(6), 0] = 1  # 3 s alone: joins either way
     segs = SlidingWindowFeature(data, SlidingWindow(start=0.0, duration=10.0, step=5.0))
