@@ -239,8 +239,11 @@ def test_min_clean_speech_decides_which_local_speakers_join_the_clustering(clust
     assert joined() == [(0, 0), (0, 1), (1, 0), (1, 2)]
 
 
-def test_min_clean_speech_is_validated():
-    assert parse_args(["--input", "x", "--output", "y", "--min-clean-speech", "1.5"]).min_clean_speech == 1.5
+def test_min_clean_speech_is_validated_and_reaches_the_clustering():
+    from pipeline.stages import Diarize
+
+    cfg = parse_args(["--input", "x", "--output", "y", "--min-clean-speech", "1.0", "--device", "cpu"])
+    assert Diarize(cfg).diarizer.pipeline.clustering.min_clean_speech == 1.0
     for bad in ("0", "-1", "12"):
         with pytest.raises(ConfigError, match="min_clean_speech"):
             IngestConfig(inputs=["x"], output="y", min_clean_speech=float(bad))
