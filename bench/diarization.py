@@ -137,9 +137,21 @@ def reference_of(rttm: Path, uri: str):
     return ref
 
 
+def scored_region_of(uem_path: Path, uri: str):
+    """The scored region (a Timeline) of ``uri`` in a UEM file, by the same rule as
+    ``reference_of``: a UEM of one other uri is taken as this file's; else it must name ``uri``
+    (a UEM that silently did not apply would score the whole file)."""
+    uems = load_uem(uem_path)
+    uem = uems.get(uri) or (next(iter(uems.values())) if len(uems) == 1 else None)
+    if uem is None:
+        raise SystemExit(f"{uem_path}: no scored region for uri {uri!r} (it has {sorted(uems)})")
+    uem.uri = uri
+    return uem
+
+
 def own_recordings(folder: Path) -> list[dict]:
     """Every audio file under ``folder`` with a reference beside it (``<stem>.rttm``; its UEM
-    ``<stem>.uem`` if there is one), split ``own``: a user's own conversations, or recordings
+    ``<stem>.uem`` if there is one, ``scored_region_of``), split ``own``: a user's own conversations, or recordings
     nobody tuned on. The RTTM's turns of the file's uri are used (uri = the file's stem; an RTTM
     that names one other uri is taken as that file's). Files without an RTTM are listed and
     left out; a folder with none is an error. The audio files are the ones the ingest would
@@ -157,7 +169,7 @@ def own_recordings(folder: Path) -> list[dict]:
             continue
         ref = reference_of(rttm, path.stem)
         uem_path = path.with_suffix(".uem")
-        uem = load_uem(uem_path).get(path.stem) if uem_path.is_file() else None
+        uem = scored_region_of(uem_path, path.stem) if uem_path.is_file() else None
         out.append({"uri": path.stem, "path": str(path), "reference": ref, "uem": uem, "split": "own",
                     "group": "own"})
     if missing:

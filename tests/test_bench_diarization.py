@@ -52,6 +52,15 @@ def test_own_recordings_refuse_what_cannot_be_scored(tmp_path):
                                      "SPEAKER y 1 0.0 1.0 <NA> <NA> B <NA> <NA>\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="no turns for uri 'a'"):
         bench.own_recordings(tmp_path)
+    # a UEM that names one other recording is taken as this one's; one that names several, none
+    # of them this one, would silently not apply: refused
+    shutil.copy(src.with_suffix(".rttm"), tmp_path / "a.rttm")
+    (tmp_path / "a.uem").write_text("other 1 2.0 9.0\n", encoding="utf-8")
+    (uem,) = [r["uem"] for r in bench.own_recordings(tmp_path)]
+    assert uem.uri == "a" and [(s.start, s.end) for s in uem] == [(2.0, 9.0)]
+    (tmp_path / "a.uem").write_text("x 1 0.0 1.0\ny 1 0.0 1.0\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="no scored region for uri 'a'"):
+        bench.own_recordings(tmp_path)
 
 
 def test_two_voice_floor_cuts_the_third_voice_and_scores_it(tmp_path):
