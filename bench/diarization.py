@@ -126,32 +126,30 @@ def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def _entry_of(entries: dict, path: Path, uri: str, what: str):
+    """``uri``'s entry in a file's ``{uri: Annotation or Timeline}``, renamed ``uri`` (the scoring
+    pairs hypothesis and reference by uri). A file of one other uri is taken as this recording's;
+    one of several uris without ``uri`` is refused (else it would silently not apply)."""
+    entry = entries.get(uri) or (next(iter(entries.values())) if len(entries) == 1 else None)
+    if entry is None:
+        raise SystemExit(f"{path}: no {what} for uri {uri!r} (it has {sorted(entries)})")
+    entry.uri = uri
+    return entry
+
+
 def reference_of(rttm: Path, uri: str):
-    """The turns of ``uri`` in an RTTM file, as an Annotation whose uri is ``uri`` (the scoring
-    pairs hypothesis and reference by uri); an RTTM of one other uri is taken as this file's."""
-    refs = load_rttm(rttm)
-    ref = refs.get(uri) or (next(iter(refs.values())) if len(refs) == 1 else None)
-    if ref is None:
-        raise SystemExit(f"{rttm}: no turns for uri {uri!r} (it has {sorted(refs)})")
-    ref.uri = uri
-    return ref
+    """The turns of ``uri`` in an RTTM file, as an Annotation whose uri is ``uri``."""
+    return _entry_of(load_rttm(rttm), rttm, uri, "turns")
 
 
 def scored_region_of(uem_path: Path, uri: str):
-    """The scored region (a Timeline) of ``uri`` in a UEM file, by the same rule as
-    ``reference_of``: a UEM of one other uri is taken as this file's; else it must name ``uri``
-    (a UEM that silently did not apply would score the whole file)."""
-    uems = load_uem(uem_path)
-    uem = uems.get(uri) or (next(iter(uems.values())) if len(uems) == 1 else None)
-    if uem is None:
-        raise SystemExit(f"{uem_path}: no scored region for uri {uri!r} (it has {sorted(uems)})")
-    uem.uri = uri
-    return uem
+    """The scored region (a Timeline) of ``uri`` in a UEM file, by ``reference_of``'s rule."""
+    return _entry_of(load_uem(uem_path), uem_path, uri, "scored region")
 
 
 def own_recordings(folder: Path) -> list[dict]:
     """Every audio file under ``folder`` with a reference beside it (``<stem>.rttm``; its UEM
-    ``<stem>.uem`` if there is one, ``scored_region_of``), split ``own``: a user's own conversations, or recordings
+    ``<stem>.uem`` if there is one), split ``own``: a user's own conversations, or recordings
     nobody tuned on. The RTTM's turns of the file's uri are used (uri = the file's stem; an RTTM
     that names one other uri is taken as that file's). Files without an RTTM are listed and
     left out; a folder with none is an error. The audio files are the ones the ingest would

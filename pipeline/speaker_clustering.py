@@ -88,11 +88,11 @@ class _OneSpeakerWhenNothingToCluster:
     # pyannote's is a fifth of the window (2 s of segmentation-3.0's 10 s). In AMI meetings many
     # voices never talk alone that long in a window (of the 5 voices of bench/diarization.py's
     # tune-long first meeting, 2 ever joined the clustering; in its 30 s clips 1-3 voices each
-    # never did), so they could not found a speaker and were folded into the nearest one. At 1.5 s, chosen on the tuning data (the tune split
-    # unchanged, DER 0.135 and count within +-1 84 %; simulated conversations of seed 1 DER 0.313
-    # -> 0.308, count 60 -> 70 %); reported: held DER 0.213 -> 0.216, count 82 -> 91 %; simulated
-    # seed 0 0.259 -> 0.256, count 60 -> 80 %; the single-speaker files unchanged (2 of 75 with
-    # more than one label). 1.25 s and 1.0 s did as well on tune (0.134-0.137) and seed 1
+    # never did), so they could not found a speaker and were folded into the nearest one. 1.5 s
+    # was chosen on the tuning data (the tune split unchanged, DER 0.135 and count within +-1
+    # 84 %; simulated conversations of seed 1 DER 0.313 -> 0.308, count 60 -> 70 %); reported:
+    # held DER 0.213 -> 0.216, count 82 -> 91 %; simulated seed 0 0.259 -> 0.256, count 60 -> 80 %;
+    # the single-speaker files unchanged (2 of 75 with more than one label). 1.25 s and 1.0 s did as well on tune (0.134-0.137) and seed 1
     # (0.307-0.308) but gave held 0.227 and seed 0 0.283: the step is kept small. Measured with
     # CAM++ (the default encoder) only.
     min_clean_speech: float = 1.5

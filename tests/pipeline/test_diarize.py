@@ -213,10 +213,10 @@ def test_min_clean_speech_decides_which_local_speakers_join_the_clustering(clust
 
     from pipeline.diarize import _build_offline_pipeline
 
-    default = _build_offline_pipeline(None, 0.5, None, torch.device("cpu"), None, clustering=clustering)
+    p = _build_offline_pipeline(None, 0.5, None, torch.device("cpu"), None, clustering=clustering)
     # 1.5 s measured with CAM++ and the cut (README); the silhouette clustering keeps pyannote's 2 s
-    assert default.clustering.min_clean_speech == {"threshold": 1.5, "silhouette": 2.0}[clustering]
-    p = _build_offline_pipeline(None, 0.5, None, torch.device("cpu"), None, clustering=clustering, min_clean_speech=1.5)
+    assert p.clustering.min_clean_speech == {"threshold": 1.5, "silhouette": 2.0}[clustering]
+    p.clustering.min_clean_speech = 1.5
     frames = 589  # segmentation-3.0's frames per 10 s window
     data = np.zeros((2, frames, 3), dtype=np.float32)
     alone = lambda s: int(round(s / 10.0 * frames))  # noqa: E731
