@@ -34,7 +34,18 @@ if [ -f "$stamp" ]; then
   echo "[setup] $VENV is up to date"
   exit 0
 fi
-[ -d "$VENV" ] || "$PY" -m venv "$VENV"
+if [ ! -d "$VENV" ]; then
+  # The pinned stack takes ~7.7 GB in the venv (torch's CUDA libraries are 4 GB of it), and pip
+  # unpacks wheels in $TMPDIR on top: fail now with the numbers, not halfway with ENOSPC.
+  need_gb=${SETUP_NEED_GB:-9}
+  parent=$(dirname "$(realpath -m "$VENV")")
+  free_gb=$(df -Pk "$parent" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "[setup] $VENV needs about $need_gb GB free, and $parent has $free_gb GB: free some space (or set VENV=/path/on/a/larger/disk; SETUP_NEED_GB=N to override the check)" >&2
+    exit 1
+  fi
+  "$PY" -m venv "$VENV"
+fi
 # pip, not uv: uv ignores the locally served torch wheels and downloads ~3 GB (STACK.md).
 "$VENV/bin/pip" install -q --upgrade "pip>=24"
 "$VENV/bin/pip" install -q -r requirements.lock
