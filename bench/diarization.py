@@ -55,24 +55,37 @@ SHARED = Path(os.environ.get("VOXFORGE_SHARED", REPO.parent / "shared"))
 
 
 def recordings() -> list[dict]:
-    """Each: uri, path, reference (Annotation), uem (Timeline or None), split, group."""
+    """Each: uri, path, reference (Annotation), uem (Timeline or None), split, group. The AMI
+    clips of ``../shared/speech/pyannote-audio`` and the recordings of ``../shared/diarization``
+    (its ``MANIFEST.tsv``, else every audio file there with ``<stem>.rttm`` beside it, as its
+    README lays them out; those are held). A set that is not there is left out with a note on
+    stderr, so that the figures of the others still come."""
     out = []
     debug = SHARED / "speech" / "pyannote-audio" / "tests" / "data"
-    for part in ("train", "development", "test"):
-        refs = load_rttm(debug / f"debug.{part}.rttm")
-        uems = load_uem(debug / f"debug.{part}.uem")
-        for name in (debug / f"debug.{part}.lst").read_text(encoding="utf-8").split():
-            uri = name.replace("ñ", "n")  # trñ00.wav is trn00 in the RTTM and UEM
-            out.append({"uri": uri, "path": str(debug / f"{name}.wav"), "reference": refs[uri], "uem": uems.get(uri),
-                        "split": "tune" if part == "train" else "held", "group": "ami-30s"})
-    with open(SHARED / "diarization" / "MANIFEST.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            path = SHARED / "diarization" / row["path"]
-            uri = path.stem
-            pair = row["path"].startswith("pairs/")
-            out.append({"uri": uri, "path": str(path), "reference": reference_of(SHARED / "diarization" / row["rttm"], uri),
-                        "uem": None, "split": "tune" if pair and "en2002b" in uri else "held",
-                        "group": "ami-pairs-9s" if pair else "ami-meeting"})
+    if (debug / "debug.train.rttm").is_file():
+        for part in ("train", "development", "test"):
+            refs = load_rttm(debug / f"debug.{part}.rttm")
+            uems = load_uem(debug / f"debug.{part}.uem")
+            for name in (debug / f"debug.{part}.lst").read_text(encoding="utf-8").split():
+                uri = name.replace("ñ", "n")  # trñ00.wav is trn00 in the RTTM and UEM
+                out.append({"uri": uri, "path": str(debug / f"{name}.wav"), "reference": refs[uri],
+                            "uem": uems.get(uri), "split": "tune" if part == "train" else "held", "group": "ami-30s"})
+    else:
+        print(f"{debug}: not found, its AMI clips are left out", file=sys.stderr)
+    folder = SHARED / "diarization"
+    if (folder / "MANIFEST.tsv").is_file():
+        with open(folder / "MANIFEST.tsv", encoding="utf-8") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                path = folder / row["path"]
+                uri = path.stem
+                pair = row["path"].startswith("pairs/")
+                out.append({"uri": uri, "path": str(path), "reference": reference_of(folder / row["rttm"], uri),
+                            "uem": None, "split": "tune" if pair and "en2002b" in uri else "held",
+                            "group": "ami-pairs-9s" if pair else "ami-meeting"})
+    elif folder.is_dir():
+        out += [{**r, "split": "held", "group": "diarization"} for r in own_recordings(folder)]
+    else:
+        print(f"{folder}: not found, its recordings are left out", file=sys.stderr)
     return out
 
 
@@ -90,6 +103,9 @@ def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
     import soxr
 
     speech = SHARED / "speech"
+    if not (speech / "MANIFEST.tsv").is_file():
+        raise SystemExit(f"--simulated: {speech / 'MANIFEST.tsv'} not found (the single-speaker files the "
+                         f"conversations are built from; set VOXFORGE_SHARED)")
     with open(speech / "MANIFEST.tsv", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f, delimiter="\t") if r["n_speakers"] == "1" and not r["path"].endswith(".raw")]
     files = {v: sorted(r["path"] for r in rows if r["path"].startswith(prefix) and 1.0 < float(r["duration_s"]) < 15)
@@ -158,7 +174,7 @@ def own_recordings(folder: Path) -> list[dict]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise SystemExit(f"--recordings {folder}: not a folder")
+        raise SystemExit(f"{folder}: not a folder")
     out, missing = [], []
     for path in map(Path, discover([str(folder)])):
         rttm = path.with_suffix(".rttm")
@@ -171,12 +187,12 @@ def own_recordings(folder: Path) -> list[dict]:
         out.append({"uri": path.stem, "path": str(path), "reference": ref, "uem": uem, "split": "own",
                     "group": "own"})
     if missing:
-        print(f"--recordings {folder}: no .rttm beside {len(missing)} audio file(s), left out: "
+        print(f"{folder}: no .rttm beside {len(missing)} audio file(s), left out: "
               f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
     if not out:
-        raise SystemExit(f"--recordings {folder}: no audio file with a <stem>.rttm reference beside it")
+        raise SystemExit(f"{folder}: no audio file with a <stem>.rttm reference beside it")
     if len({r["uri"] for r in out}) < len(out):
-        raise SystemExit(f"--recordings {folder}: two audio files share a file stem (the uri)")
+        raise SystemExit(f"{folder}: two audio files share a file stem (the uri)")
     return out
 
 
@@ -203,6 +219,9 @@ def concatenated_meetings(recs: list[dict], work: Path) -> list[dict]:
     out = []
     for name, clips in MEETINGS.items():
         uri = f"meeting-{name}"
+        if not all(c in by_uri for c in clips):
+            print(f"--meetings: the clips of {uri} are not all there, left out", file=sys.stderr)
+            continue
         audio, ref, uem, t = [], Annotation(uri=uri), Timeline(uri=uri), 0.0
         for c in clips:
             r = by_uri[c]
@@ -456,8 +475,13 @@ def main(argv=None) -> int:
         ap.error("--oracle-clustering runs the diarize stage: use it with --mode stage or --mode both")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_args = shlex.split(a.pipeline_args)
-    recs = recordings()
     splits = {"all": ["tune", "held"], "none": []}.get(a.split, [a.split])
+    # ../shared only where a split or the meetings need it: --split none --recordings DIR runs
+    # on a machine without it
+    recs = recordings() if splits or a.meetings else []
+    if splits and not any(r["split"] in splits for r in recs):
+        raise SystemExit(f"--split {a.split}: no recordings with references under {SHARED} (set VOXFORGE_SHARED "
+                         f"to the folder holding speech/ and diarization/, or use --split none --recordings DIR)")
     if a.meetings:
         long = concatenated_meetings(recs, a.work / "meetings-audio")
         recs += long
@@ -477,6 +501,9 @@ def main(argv=None) -> int:
         report["single"], splits = res, []
     for split in splits:
         sub = [r for r in recs if r["split"] == split]
+        if not sub:
+            print(f"\n== {split}: no recordings")
+            continue
         if a.mode == "encoders":
             res = encoder_auc(sub, ["resemblyzer", "campplus"])
             print(f"\n== speaker encoders, {split}: " + ", ".join(

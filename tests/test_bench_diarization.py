@@ -107,3 +107,35 @@ def test_oracle_clustering_leaves_only_the_segmentations_error():
         bench.run_stage([rec], ["--diarization", "none"], oracle=True)
     with pytest.raises(SystemExit):  # the ingest runs as a subprocess: no clustering to replace there
         bench.main(["--mode", "ingest", "--oracle-clustering"])
+
+
+def test_runs_without_the_shared_folder_and_takes_a_diarization_folder_without_manifest(tmp_path, capsys, monkeypatch):
+    """A user's machine has no ../shared: --split none --recordings DIR still scores their
+    recordings, a split that needs ../shared says where it looked, and a diarization folder laid
+    out as its README says (<stem>.wav beside <stem>.rttm) needs no MANIFEST.tsv."""
+    bench = _bench()
+    empty = tmp_path / "shared"
+    empty.mkdir()
+    monkeypatch.setattr(bench, "SHARED", empty)
+    assert bench.recordings() == []
+    err = capsys.readouterr().err
+    assert "pyannote-audio" in err and "diarization: not found" in err
+    with pytest.raises(SystemExit, match="VOXFORGE_SHARED"):
+        bench.main(["--split", "held", "--mode", "stage"])
+
+    own = tmp_path / "own"
+    own.mkdir()
+    src = DIARIZATION / "ami-en2002b-137-152"
+    shutil.copy(src.with_suffix(".wav"), own / "talk.wav")
+    shutil.copy(src.with_suffix(".rttm"), own / "talk.rttm")
+    out = tmp_path / "figures.json"
+    assert bench.main(["--split", "none", "--mode", "stage", "--recordings", str(own), "--json", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text(encoding="utf-8"))["stage_own"]
+    assert res["per_recording"]["talk"]["speakers_ref"] == 4
+    assert 0.0 <= res["pooled"]["der"] < 0.5  # scored against its reference, not an empty one
+
+    shutil.copytree(own, empty / "diarization")
+    (rec,) = bench.recordings()
+    assert (rec["uri"], rec["split"], rec["group"]) == ("talk", "held", "diarization")
