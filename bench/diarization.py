@@ -62,7 +62,8 @@ def recordings() -> list[dict]:
     stderr, so that the figures of the others still come."""
     out = []
     debug = SHARED / "speech" / "pyannote-audio" / "tests" / "data"
-    if (debug / "debug.train.rttm").is_file():
+    needed = [debug / f"debug.{part}.{ext}" for part in ("train", "development", "test") for ext in ("rttm", "uem", "lst")]
+    if all(f.is_file() for f in needed):
         for part in ("train", "development", "test"):
             refs = load_rttm(debug / f"debug.{part}.rttm")
             uems = load_uem(debug / f"debug.{part}.uem")
@@ -71,22 +72,33 @@ def recordings() -> list[dict]:
                 out.append({"uri": uri, "path": str(debug / f"{name}.wav"), "reference": refs[uri],
                             "uem": uems.get(uri), "split": "tune" if part == "train" else "held", "group": "ami-30s"})
     else:
-        print(f"{debug}: not found, its AMI clips are left out", file=sys.stderr)
+        missing = [f.name for f in needed if not f.is_file()]
+        print(f"{debug}: {', '.join(missing)} not found, its AMI clips are left out", file=sys.stderr)
     folder = SHARED / "diarization"
     if (folder / "MANIFEST.tsv").is_file():
         with open(folder / "MANIFEST.tsv", encoding="utf-8") as f:
             for row in csv.DictReader(f, delimiter="\t"):
                 path = folder / row["path"]
-                uri = path.stem
-                pair = row["path"].startswith("pairs/")
-                out.append({"uri": uri, "path": str(path), "reference": reference_of(folder / row["rttm"], uri),
-                            "uem": None, "split": "tune" if pair and "en2002b" in uri else "held",
-                            "group": "ami-pairs-9s" if pair else "ami-meeting"})
+                out.append({"uri": path.stem, "path": str(path), "reference": reference_of(folder / row["rttm"], path.stem),
+                            "uem": None, "split": _diarization_split(folder, path),
+                            "group": "ami-pairs-9s" if row["path"].startswith("pairs/") else "ami-meeting"})
     elif folder.is_dir():
-        out += [{**r, "split": "held", "group": "diarization"} for r in own_recordings(folder)]
+        try:
+            found = own_recordings(folder)
+        except SystemExit as e:  # nothing there to score: the other sets still are
+            print(f"{e}; left out", file=sys.stderr)
+            found = []
+        out += [{**r, "split": _diarization_split(folder, Path(r["path"])), "group": "diarization"} for r in found]
     else:
         print(f"{folder}: not found, its recordings are left out", file=sys.stderr)
     return out
+
+
+def _diarization_split(folder: Path, path: Path) -> str:
+    """The split of a recording of ``../shared/diarization``: the EN2002b pairs were tuned on,
+    all the rest is held out (with or without its MANIFEST.tsv)."""
+    rel = path.relative_to(folder).as_posix()
+    return "tune" if rel.startswith("pairs/") and "en2002b" in path.stem else "held"
 
 
 VOICES = {  # voice -> files of one speaker (paths relative to ../shared/speech)
@@ -480,10 +492,13 @@ def main(argv=None) -> int:
     # on a machine without it
     recs = recordings() if splits or a.meetings else []
     if splits and not any(r["split"] in splits for r in recs):
-        raise SystemExit(f"--split {a.split}: no recordings with references under {SHARED} (set VOXFORGE_SHARED "
-                         f"to the folder holding speech/ and diarization/, or use --split none --recordings DIR)")
+        raise SystemExit(f"--split {a.split}: no {' or '.join(splits)} recordings with references under {SHARED} (set "
+                         f"VOXFORGE_SHARED to the folder holding speech/ and diarization/, or use --split none "
+                         f"--recordings DIR)")
     if a.meetings:
         long = concatenated_meetings(recs, a.work / "meetings-audio")
+        if not long:
+            raise SystemExit(f"--meetings: none of the AMI meetings' clips are under {SHARED} (set VOXFORGE_SHARED)")
         recs += long
         splits += [f"{base}-long" for base in splits or ["tune", "held"]]
     if a.simulated:

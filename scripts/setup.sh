@@ -34,18 +34,21 @@ if [ -f "$stamp" ]; then
   echo "[setup] $VENV is up to date"
   exit 0
 fi
-if [ ! -d "$VENV" ]; then
-  # The pinned stack takes ~7.7 GB in the venv (torch's CUDA libraries are 4 GB of it), and pip
-  # unpacks wheels in $TMPDIR on top: fail now with the numbers, not halfway with ENOSPC.
-  need_gb=${SETUP_NEED_GB:-9}
-  parent=$(dirname "$(realpath -m "$VENV")")
-  free_gb=$(df -Pk "$parent" | awk 'NR==2 {print int($4 / 1048576)}')
-  if [ "$free_gb" -lt "$need_gb" ]; then
-    echo "[setup] $VENV needs about $need_gb GB free, and $parent has $free_gb GB: free some space (or set VENV=/path/on/a/larger/disk; SETUP_NEED_GB=N to override the check)" >&2
-    exit 1
-  fi
-  "$PY" -m venv "$VENV"
+# The pinned stack takes ~7.7 GB in the venv (torch's CUDA libraries are 4 GB of it), and pip
+# unpacks wheels on top: fail now with the numbers, not halfway with ENOSPC. Checked on every
+# install, counting what a half-made venv already holds, on the venv's disk.
+need_gb=${SETUP_NEED_GB:-9}
+[[ "$need_gb" =~ ^[0-9]+$ ]] || { echo "[setup] SETUP_NEED_GB must be a whole number of GiB, got '$need_gb'" >&2; exit 1; }
+parent=$(dirname "$(realpath -m "$VENV")")
+while [ ! -d "$parent" ]; do parent=$(dirname "$parent"); done  # venv creates missing folders
+free_kb=$(df -Pk "$parent" | awk 'NR==2 {print $4}')
+have_kb=0
+[ -d "$VENV" ] && have_kb=$(du -sk "$VENV" | cut -f1)
+if (( (free_kb + have_kb) / 1048576 < need_gb )); then
+  echo "[setup] $VENV needs about $need_gb GiB, and $parent has $((free_kb / 1048576)) GiB free (+ $((have_kb / 1048576)) GiB already in $VENV): free some space, or set VENV=/path/on/a/larger/disk (SETUP_NEED_GB=N changes the check)" >&2
+  exit 1
 fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 # pip, not uv: uv ignores the locally served torch wheels and downloads ~3 GB (STACK.md).
 "$VENV/bin/pip" install -q --upgrade "pip>=24"
 "$VENV/bin/pip" install -q -r requirements.lock

@@ -111,17 +111,23 @@ def test_oracle_clustering_leaves_only_the_segmentations_error():
 
 def test_runs_without_the_shared_folder_and_takes_a_diarization_folder_without_manifest(tmp_path, capsys, monkeypatch):
     """A user's machine has no ../shared: --split none --recordings DIR still scores their
-    recordings, a split that needs ../shared says where it looked, and a diarization folder laid
-    out as its README says (<stem>.wav beside <stem>.rttm) needs no MANIFEST.tsv."""
+    recordings without looking for it, a split that needs ../shared says where it looked, and a
+    diarization folder laid out as its README says (<stem>.wav beside <stem>.rttm) needs no
+    MANIFEST.tsv: its EN2002b pairs stay tune, the rest held; one with nothing to score is left out."""
+    import json
+
     bench = _bench()
     empty = tmp_path / "shared"
     empty.mkdir()
     monkeypatch.setattr(bench, "SHARED", empty)
     assert bench.recordings() == []
     err = capsys.readouterr().err
-    assert "pyannote-audio" in err and "diarization: not found" in err
-    with pytest.raises(SystemExit, match="VOXFORGE_SHARED"):
+    assert "debug.train.rttm" in err and "diarization: not found" in err
+    with pytest.raises(SystemExit, match="no held recordings .*VOXFORGE_SHARED"):
         bench.main(["--split", "held", "--mode", "stage"])
+    with pytest.raises(SystemExit, match="--meetings: none"):
+        bench.main(["--split", "none", "--meetings", "--mode", "stage"])
+    capsys.readouterr()
 
     own = tmp_path / "own"
     own.mkdir()
@@ -130,12 +136,18 @@ def test_runs_without_the_shared_folder_and_takes_a_diarization_folder_without_m
     shutil.copy(src.with_suffix(".rttm"), own / "talk.rttm")
     out = tmp_path / "figures.json"
     assert bench.main(["--split", "none", "--mode", "stage", "--recordings", str(own), "--json", str(out)]) == 0
-    import json
-
+    assert "not found" not in capsys.readouterr().err  # ../shared was not looked for
     res = json.loads(out.read_text(encoding="utf-8"))["stage_own"]
     assert res["per_recording"]["talk"]["speakers_ref"] == 4
     assert 0.0 <= res["pooled"]["der"] < 0.5  # scored against its reference, not an empty one
 
-    shutil.copytree(own, empty / "diarization")
-    (rec,) = bench.recordings()
-    assert (rec["uri"], rec["split"], rec["group"]) == ("talk", "held", "diarization")
+    (empty / "diarization").mkdir()  # there, but nothing to score: left out, said
+    assert bench.recordings() == []
+    assert "no audio file with a <stem>.rttm" in capsys.readouterr().err
+    shutil.copytree(own, empty / "diarization", dirs_exist_ok=True)
+    pair = next((DIARIZATION / "pairs").glob("ami-en2002b-*.wav"))
+    (empty / "diarization" / "pairs").mkdir()
+    for suffix in (".wav", ".rttm"):
+        shutil.copy(pair.with_suffix(suffix), empty / "diarization" / "pairs" / pair.with_suffix(suffix).name)
+    got = {r["uri"]: (r["split"], r["group"]) for r in bench.recordings()}
+    assert got == {"talk": ("held", "diarization"), pair.stem: ("tune", "diarization")}
