@@ -92,9 +92,9 @@ class _OneSpeakerWhenNothingToCluster:
     # was chosen on the tuning data (the tune split unchanged, DER 0.135 and count within +-1
     # 84 %; simulated conversations of seed 1 DER 0.313 -> 0.308, count 60 -> 70 %); reported:
     # held DER 0.213 -> 0.216, count 82 -> 91 %; simulated seed 0 0.259 -> 0.256, count 60 -> 80 %;
-    # the single-speaker files unchanged (2 of 75 with more than one label). 1.25 s and 1.0 s did as well on tune (0.134-0.137) and seed 1
-    # (0.307-0.308) but gave held 0.227 and seed 0 0.283: the step is kept small. Measured with
-    # CAM++ (the default encoder) only.
+    # the single-speaker files unchanged (2 of 75 with more than one label). 1.25 s and 1.0 s did
+    # as well on tune (0.134-0.137) and seed 1 (0.307-0.308) but gave held 0.227 and seed 0 0.283:
+    # the step is kept small. Measured with CAM++ (the default encoder) only.
     min_clean_speech: float = 1.5
 
     def filter_embeddings(self, embeddings, segmentations=None, min_active_ratio=None):
