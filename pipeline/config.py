@@ -295,6 +295,8 @@ class IngestConfig:
             raise ConfigError("min_speech_rate must be below max_speech_rate")
         if self.clustering not in ("silhouette", "threshold"):
             raise ConfigError(f"clustering must be 'silhouette' or 'threshold', got {self.clustering!r}")
+        if self.speaker_encoder not in ("campplus", "resemblyzer"):
+            raise ConfigError(f"speaker_encoder must be 'campplus' or 'resemblyzer', got {self.speaker_encoder!r}")
         if not -1.0 <= self.min_silhouette <= 1.0:
             raise ConfigError(f"min_silhouette is a silhouette score in [-1, 1], got {self.min_silhouette}")
         if self.overlap_threshold is not None and not 0.0 < self.overlap_threshold < 1.0:
@@ -331,6 +333,24 @@ class IngestConfig:
             return self.asr_sources_per_call
         on_gpu = self.asr_device == "cuda" or self.resources["transcribe"].num_gpus > 0
         return self.asr_batch_size if on_gpu else 1
+
+    def resolved(self) -> IngestConfig:
+        """This config with the offline diarizer's own defaults written in, as the runs table
+        stores it: ``cluster_threshold`` None means the speaker encoder's cut (with --clustering
+        threshold), ``min_clean_speech`` None the clustering's (pipeline.speaker_clustering).
+        Those defaults live where they were measured; this only reads them. Imports torch."""
+        if self.diarization != "offline":
+            return self
+        from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
+        from pipeline.speaker_embedding import SPEAKER_ENCODERS
+
+        threshold = self.cluster_threshold
+        if threshold is None and self.clustering == "threshold":
+            threshold = SPEAKER_ENCODERS[self.speaker_encoder].cluster_threshold
+        clean = self.min_clean_speech
+        if clean is None:
+            clean = (SilhouetteClustering if self.clustering == "silhouette" else HintedAgglomerativeClustering).min_clean_speech
+        return dataclasses.replace(self, cluster_threshold=threshold, min_clean_speech=clean)
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

@@ -102,6 +102,7 @@ def run_ingest(cfg: IngestConfig, progress_every: float = 10.0) -> dict:
 
 def _run_locked(cfg: IngestConfig, progress_every: float) -> dict:
     t0 = time.time()
+    cfg = cfg.resolved()  # the diarizer's defaults written in: the runs table says what ran
     run = RunRecord(cfg.output, "ingest", cfg, packages=PACKAGES,
                     extra_versions={"pipeline_version": PIPELINE_VERSION})
     writer = ShardWriter(cfg.output, run.run_id, cfg.shard_max_bytes, cfg.shard_max_samples)

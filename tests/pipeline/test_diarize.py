@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -247,3 +249,26 @@ def test_min_clean_speech_is_validated_and_reaches_the_clustering():
     for bad in ("0", "-1", "12"):
         with pytest.raises(ConfigError, match="min_clean_speech"):
             IngestConfig(inputs=["x"], output="y", min_clean_speech=float(bad))
+
+
+def test_the_runs_table_gets_the_diarizers_defaults_written_in():
+    """None for cluster_threshold / min_clean_speech means "the diarizer's default"; the stored
+    config says which value ran, read from where the defaults live."""
+    from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
+    from pipeline.speaker_embedding import CamPlusPlusEmbedding, ResemblyzerEmbedding
+
+    base = ["--input", "x", "--output", "y"]
+    cfg = parse_args(base).resolved()
+    assert (cfg.cluster_threshold, cfg.min_clean_speech) == (CamPlusPlusEmbedding.cluster_threshold,
+                                                            HintedAgglomerativeClustering.min_clean_speech)
+    assert json.loads(cfg.to_json())["min_clean_speech"] == 1.5
+    old = parse_args(base + ["--speaker-encoder", "resemblyzer"]).resolved()
+    assert old.cluster_threshold == ResemblyzerEmbedding.cluster_threshold != cfg.cluster_threshold
+    sil = parse_args(base + ["--clustering", "silhouette"]).resolved()
+    assert (sil.cluster_threshold, sil.min_clean_speech) == (None, SilhouetteClustering.min_clean_speech)
+    given = parse_args(base + ["--cluster-threshold", "0.7", "--min-clean-speech", "1.0"]).resolved()
+    assert (given.cluster_threshold, given.min_clean_speech) == (0.7, 1.0)
+    pretrained = parse_args(base + ["--diarization", "/models/pipeline"])
+    assert pretrained.resolved() is pretrained  # its own settings: nothing of ours to write in
+    with pytest.raises(ConfigError, match="speaker_encoder"):
+        IngestConfig(inputs=["x"], output="y", speaker_encoder="ecapa")
