@@ -3,7 +3,7 @@ whole ingest gives users (the speaker labels of its ``segments`` rows).
 
     .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders|single] [--split tune|held|all]
         [--simulated N] [--meetings] [--recordings DIR] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"]
-        [--oracle-clustering] [--json out.json]
+        [--oracle-clustering] [--cuts 0.6,0.7,0.75,0.8] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
   - ``../shared/speech/pyannote-audio/tests/data``: 14 AMI clips of 30 s, scored inside their UEM;
@@ -31,7 +31,9 @@ most two voices at once (``two_voice_reference``), the part of a split's DER tha
 on a model of two voices at a time, as this one is, cannot remove. ``--oracle-clustering`` (stage
 mode) also runs the stage with each (window, local speaker) given to the reference speaker it
 overlaps most: the gap between the two stage rows is what better embeddings or clustering could
-still win; the rest is the segmentation's.
+still win; the rest is the segmentation's. ``--cuts`` (stage mode) scores the stage at several
+clustering cuts, each recording segmented and embedded once: with ``--recordings DIR``, the way
+to choose ``--cluster-threshold`` for recordings of one's own domain.
 """
 
 from __future__ import annotations
@@ -303,6 +305,58 @@ def run_stage(recs: list[dict], cfg_args: list[str], oracle: bool = False) -> di
     return out
 
 
+def run_stage_at_cuts(recs: list[dict], cfg_args: list[str], cuts: list[float]) -> dict[float, dict]:
+    """The diarize stage, as ``run_stage``, at each clustering cut (``--cluster-threshold``): cut ->
+    uri -> speaker turns. Each recording is segmented and embedded once; only the clustering (which
+    takes milliseconds) runs per cut, so a sweep costs about one stage run. For choosing the cut on
+    recordings of one's own domain (``--split none --recordings DIR --cuts ...``): the README says
+    why a fixed cut is the offline diarizer's weak point on long recordings."""
+    from pipeline.decode import Decoder
+    from pipeline.ingest import parse_args
+    from pipeline.stages import Diarize, Segment
+
+    cfg = parse_args(["--input", "-", "--output", "-", *cfg_args])
+    if cfg.diarization != "offline" or cfg.clustering != "threshold":
+        raise SystemExit("--cuts sweeps the offline diarizer's clustering cut: not with --diarization NAME/none "
+                         "or --clustering silhouette")
+    decoder, segment, diarize = Decoder(), Segment(cfg), Diarize(cfg)
+    pipe = diarize.diarizer.pipeline
+    embed = pipe.get_embeddings  # the pipeline's own (every other window, pipeline.diarize)
+    out: dict[float, dict] = {cut: {} for cut in cuts}
+    for r in recs:
+        row = {"path": r["path"], "status": "ok", "audio16": decoder(r["path"]).audio16}
+        segment.process(row)
+        once: list = []
+
+        def embeddings(*args, _once=once, **kwargs):
+            # the same segmentation gives the same embeddings whatever the cut
+            if not _once:
+                _once.append(embed(*args, **kwargs))
+            return _once[0].copy()
+
+        pipe.get_embeddings = embeddings
+        for cut in cuts:
+            pipe.clustering.threshold = cut
+            one = dict(row)
+            diarize.process(one)
+            out[cut][r["uri"]] = one["diarization"].turns if one["diarization"] else []
+    return out
+
+
+def print_cuts(title: str, results: dict[float, dict]) -> None:
+    print(f"\n== {title}")
+    print(f"{'cut':>5s} {'DER':>6s} {'missed':>6s} {'f.a.':>6s} {'conf.':>6s} {'DER0':>6s} {'±1':>5s}  speakers found/reference")
+    for cut, res in results.items():
+        q = res["pooled"]
+        found = " ".join(f"{p['speakers_found']}/{p['speakers_ref']}" for p in res["per_recording"].values())
+        print(f"{cut:5.2f} {q['der']:6.3f} {q['missed']:6.3f} {q['false_alarm']:6.3f} {q['confusion']:6.3f} "
+              f"{q['der_no_collar']:6.3f} {q['speaker_count_within_1']:5.0%}  {found}")
+    best = min(round(res["pooled"]["der"], 3) for res in results.values())
+    at = [f"{cut:.2f}" for cut, res in results.items() if round(res["pooled"]["der"], 3) == best]
+    print(f"lowest DER {best:.3f} at cut {', '.join(at)} (pass it as --cluster-threshold; the default "
+          f"is the speaker encoder's, 0.75 for campplus)")
+
+
 def run_ingest(recs: list[dict], work: Path, cfg_args: list[str]) -> tuple[dict, dict]:
     """The whole ingest on the recordings -> (uri -> all segment rows as (start, end, speaker),
     uri -> kept ones)."""
@@ -481,10 +535,23 @@ def main(argv=None) -> int:
     ap.add_argument("--oracle-clustering", action="store_true",
                     help="stage mode: each (window, local speaker) goes to the reference speaker it overlaps most, "
                          "so the DER left is the segmentation's, not the embeddings' or the clustering's")
+    ap.add_argument("--cuts", default=None, metavar="C1,C2,...",
+                    help="stage mode: also the DER at each of these clustering cuts (--cluster-threshold; "
+                         "euclidean distance between unit embeddings, in (0, 2)), each recording embedded once")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
     if a.oracle_clustering and a.mode not in ("stage", "both"):
         ap.error("--oracle-clustering runs the diarize stage: use it with --mode stage or --mode both")
+    cuts = None
+    if a.cuts is not None:
+        if a.mode not in ("stage", "both"):
+            ap.error("--cuts runs the diarize stage: use it with --mode stage or --mode both")
+        try:
+            cuts = sorted({float(c) for c in a.cuts.split(",") if c.strip()})
+        except ValueError:
+            ap.error(f"--cuts takes numbers separated by commas (e.g. 0.6,0.7,0.75,0.8), got {a.cuts!r}")
+        if not cuts or not all(0 < c < 2 for c in cuts):
+            ap.error(f"--cuts: each cut is a distance between unit embeddings, in (0, 2), got {a.cuts!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_args = shlex.split(a.pipeline_args)
     splits = {"all": ["tune", "held"], "none": []}.get(a.split, [a.split])
@@ -534,6 +601,11 @@ def main(argv=None) -> int:
                 res = score(sub, run_stage(sub, cfg_args, oracle=True))
                 print_report(f"diarize stage alone, oracle clustering, {split} ({time.perf_counter() - t:.0f} s)", res)
                 report[f"stage_oracle_{split}"] = res
+            if cuts:
+                t = time.perf_counter()
+                swept = {cut: score(sub, turns) for cut, turns in run_stage_at_cuts(sub, cfg_args, cuts).items()}
+                print_cuts(f"diarize stage alone at each clustering cut, {split} ({time.perf_counter() - t:.0f} s)", swept)
+                report[f"stage_cuts_{split}"] = {str(cut): res for cut, res in swept.items()}
         if a.mode in ("ingest", "both"):
             t = time.perf_counter()
             shutil.rmtree(a.work / split, ignore_errors=True)  # a fresh run, not a resume
