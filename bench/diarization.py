@@ -305,6 +305,26 @@ def run_stage(recs: list[dict], cfg_args: list[str], oracle: bool = False) -> di
     return out
 
 
+def sweepable(cfg_args: list[str], note: bool = True):
+    """The ingest config of ``cfg_args``, if its clustering cut can be swept (else SystemExit
+    saying why): before any work, so a long run does not stop at its end."""
+    from pipeline.ingest import parse_args
+
+    cfg = parse_args(["--input", "-", "--output", "-", *cfg_args])
+    if cfg.diarization != "offline" or cfg.clustering != "threshold":
+        raise SystemExit("--cuts sweeps the offline diarizer's clustering cut: not with --diarization NAME/none "
+                         "or --clustering silhouette")
+    if cfg.num_speakers is not None:
+        raise SystemExit("--cuts with --num-speakers: a given speaker count fixes the clusters, whatever the cut; "
+                         "leave it out of --pipeline-args")
+    if cfg.cluster_threshold is not None:
+        raise SystemExit("--cuts sets the clustering cut itself: leave --cluster-threshold out of --pipeline-args")
+    if note and (cfg.min_speakers is not None or cfg.max_speakers is not None):
+        print("note: --min-speakers/--max-speakers bound the count at every cut, so neighbouring cuts may score "
+              "the same", file=sys.stderr)
+    return cfg
+
+
 def run_stage_at_cuts(recs: list[dict], cfg_args: list[str], cuts: list[float]) -> dict[float, dict]:
     """The diarize stage, as ``run_stage``, at each clustering cut (``--cluster-threshold``): cut ->
     uri -> speaker turns. Each recording is segmented and embedded once; only the clustering (which
@@ -312,13 +332,9 @@ def run_stage_at_cuts(recs: list[dict], cfg_args: list[str], cuts: list[float]) 
     recordings of one's own domain (``--split none --recordings DIR --cuts ...``): the README says
     why a fixed cut is the offline diarizer's weak point on long recordings."""
     from pipeline.decode import Decoder
-    from pipeline.ingest import parse_args
     from pipeline.stages import Diarize, Segment
 
-    cfg = parse_args(["--input", "-", "--output", "-", *cfg_args])
-    if cfg.diarization != "offline" or cfg.clustering != "threshold":
-        raise SystemExit("--cuts sweeps the offline diarizer's clustering cut: not with --diarization NAME/none "
-                         "or --clustering silhouette")
+    cfg = sweepable(cfg_args, note=False)
     decoder, segment, diarize = Decoder(), Segment(cfg), Diarize(cfg)
     pipe = diarize.diarizer.pipeline
     embed = pipe.get_embeddings  # the pipeline's own (every other window, pipeline.diarize)
@@ -343,7 +359,7 @@ def run_stage_at_cuts(recs: list[dict], cfg_args: list[str], cuts: list[float]) 
     return out
 
 
-def print_cuts(title: str, results: dict[float, dict]) -> None:
+def print_cuts(title: str, results: dict[float, dict], default: float) -> None:
     print(f"\n== {title}")
     print(f"{'cut':>5s} {'DER':>6s} {'missed':>6s} {'f.a.':>6s} {'conf.':>6s} {'DER0':>6s} {'±1':>5s}  speakers found/reference")
     for cut, res in results.items():
@@ -353,8 +369,8 @@ def print_cuts(title: str, results: dict[float, dict]) -> None:
               f"{q['der_no_collar']:6.3f} {q['speaker_count_within_1']:5.0%}  {found}")
     best = min(round(res["pooled"]["der"], 3) for res in results.values())
     at = [f"{cut:.2f}" for cut, res in results.items() if round(res["pooled"]["der"], 3) == best]
-    print(f"lowest DER {best:.3f} at cut {', '.join(at)} (pass it as --cluster-threshold; the default "
-          f"is the speaker encoder's, 0.75 for campplus)")
+    print(f"lowest DER {best:.3f} at cut {', '.join(at)} (pass it as --cluster-threshold; the default, "
+          f"the speaker encoder's, is {default})")
 
 
 def run_ingest(recs: list[dict], work: Path, cfg_args: list[str]) -> tuple[dict, dict]:
@@ -554,6 +570,10 @@ def main(argv=None) -> int:
             ap.error(f"--cuts: each cut is a distance between unit embeddings, in (0, 2), got {a.cuts!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_args = shlex.split(a.pipeline_args)
+    if cuts:
+        from pipeline.diarizer_defaults import CLUSTER_THRESHOLD
+
+        default_cut = CLUSTER_THRESHOLD[sweepable(cfg_args).speaker_encoder]
     splits = {"all": ["tune", "held"], "none": []}.get(a.split, [a.split])
     # ../shared only where a split or the meetings need it: --split none --recordings DIR runs
     # on a machine without it
@@ -604,7 +624,8 @@ def main(argv=None) -> int:
             if cuts:
                 t = time.perf_counter()
                 swept = {cut: score(sub, turns) for cut, turns in run_stage_at_cuts(sub, cfg_args, cuts).items()}
-                print_cuts(f"diarize stage alone at each clustering cut, {split} ({time.perf_counter() - t:.0f} s)", swept)
+                print_cuts(f"diarize stage alone at each clustering cut, {split} ({time.perf_counter() - t:.0f} s)", swept,
+                           default_cut)
                 report[f"stage_cuts_{split}"] = {str(cut): res for cut, res in swept.items()}
         if a.mode in ("ingest", "both"):
             t = time.perf_counter()

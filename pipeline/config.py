@@ -337,19 +337,16 @@ class IngestConfig:
     def resolved(self) -> IngestConfig:
         """This config with the offline diarizer's own defaults written in, as the runs table
         stores it: ``cluster_threshold`` None means the speaker encoder's cut (with --clustering
-        threshold), ``min_clean_speech`` None the clustering's (pipeline.speaker_clustering).
-        Those defaults live where they were measured; this only reads them. Imports torch."""
+        threshold), ``min_clean_speech`` None the clustering's (``pipeline.diarizer_defaults``,
+        which loads no model library: the ingest's driver stays free of torch)."""
         if self.diarization != "offline":
             return self
-        from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
-        from pipeline.speaker_embedding import SPEAKER_ENCODERS
+        from pipeline.diarizer_defaults import CLUSTER_THRESHOLD, MIN_CLEAN_SPEECH
 
         threshold = self.cluster_threshold
         if threshold is None and self.clustering == "threshold":
-            threshold = SPEAKER_ENCODERS[self.speaker_encoder].cluster_threshold
-        clean = self.min_clean_speech
-        if clean is None:
-            clean = (SilhouetteClustering if self.clustering == "silhouette" else HintedAgglomerativeClustering).min_clean_speech
+            threshold = CLUSTER_THRESHOLD[self.speaker_encoder]
+        clean = MIN_CLEAN_SPEECH[self.clustering] if self.min_clean_speech is None else self.min_clean_speech
         return dataclasses.replace(self, cluster_threshold=threshold, min_clean_speech=clean)
 
     def to_json(self) -> str:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from pyannote.audio.pipelines.clustering import AgglomerativeClustering, BaseClustering
 
+from pipeline.diarizer_defaults import MIN_CLEAN_SPEECH
+
 DEFAULT_MAX_SPEAKERS = 10  # k searched when no --max-speakers is given
 MAX_POINTS = 2000  # embeddings clustered at once (~2.5 s each: 80 min of speech); more are sampled
 
@@ -95,7 +97,7 @@ class _OneSpeakerWhenNothingToCluster:
     # the single-speaker files unchanged (2 of 75 with more than one label). 1.25 s and 1.0 s did
     # as well on tune (0.134-0.137) and seed 1 (0.307-0.308) but gave held 0.227 and seed 0 0.283:
     # the step is kept small. Measured with CAM++ (the default encoder) only.
-    min_clean_speech: float = 1.5
+    min_clean_speech: float = MIN_CLEAN_SPEECH["threshold"]  # 1.5
 
     def filter_embeddings(self, embeddings, segmentations=None, min_active_ratio=None):
         if min_active_ratio is None:
@@ -117,7 +119,8 @@ class SilhouetteClustering(_OneSpeakerWhenNothingToCluster, BaseClustering):
     """pyannote clustering object (``__call__(embeddings [C, L, D], segmentations, num_clusters,
     min_clusters, max_clusters) -> hard [C, L], soft [C, L, K], centroids [K, D]``)."""
 
-    min_clean_speech = 2.0  # pyannote's: the 1.5 s above was measured with CAM++ and the cut only
+    # 2.0 s, pyannote's: the 1.5 s above was measured with CAM++ and the cut only
+    min_clean_speech = MIN_CLEAN_SPEECH["silhouette"]
 
     def __init__(self, min_silhouette: float = 0.2, max_speakers: int = DEFAULT_MAX_SPEAKERS):
         super().__init__(metric="cosine", constrained_assignment=True)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.diarizer_defaults import CLUSTER_THRESHOLD
+
 
 def masked_speech(waveforms: torch.Tensor, masks: torch.Tensor | None, min_samples: int):
     """Yield (b, the samples of waveforms[b, 0] where masks[b] is on) for each item with at least
@@ -36,7 +38,8 @@ class ResemblyzerEmbedding:
     dimension = 256
     metric = "cosine"
     partial_frames = 160  # 1.6 s, what the encoder was trained on
-    cluster_threshold = 0.6  # the centroid-linkage cut (see CamPlusPlusEmbedding) before issue 11
+    # 0.6: the centroid-linkage cut (see CamPlusPlusEmbedding) before issue 11
+    cluster_threshold = CLUSTER_THRESHOLD["resemblyzer"]
     target_dbfs = -30.0
 
     def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4):
@@ -122,7 +125,7 @@ class CamPlusPlusEmbedding:
     # the same DER from 0.7 to 0.9; simulated conversations of 1.5-3 min (seed 1, not the seed
     # the README reports) from 0.6 to 0.75, and from 0.8 merge similar clean voices: 0.75 is in
     # both. pyannote's own default for its WeSpeaker encoder is 0.70.
-    cluster_threshold = 0.75
+    cluster_threshold = CLUSTER_THRESHOLD["campplus"]  # 0.75
 
     def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, optimize: bool = True):
         import importlib.util

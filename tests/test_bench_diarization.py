@@ -154,43 +154,55 @@ def test_runs_without_the_shared_folder_and_takes_a_diarization_folder_without_m
 
 
 def test_cuts_score_the_stage_at_each_cut_from_one_embedding_pass(tmp_path, capsys, monkeypatch):
-    """--cuts: the figures at the default cut are the stage's own, a lower cut finds more speakers
-    and a higher one fewer (near 2, the largest distance between unit embeddings, the clustering
-    makes one cluster; pyannote still names a second speaker where the segmentation hears two
-    at once), and the speaker encoder runs no more for five cuts than for the one stage run."""
+    """--cuts: at the default cut each recording scores as in the stage's own run, a lower cut
+    finds more speakers and a higher one fewer (near 2, the largest distance between unit
+    embeddings, the clustering makes one cluster; pyannote still names a second speaker where the
+    segmentation hears two at once), and the speaker encoder runs no more for five cuts than for
+    the one stage run. What cannot be swept is refused before any work."""
     import json
 
     from pipeline.speaker_embedding import CamPlusPlusEmbedding
 
     bench = _bench()
-    src = DIARIZATION / "ami-en2002b-137-152"
-    shutil.copy(src.with_suffix(".wav"), tmp_path / "a.wav")
-    shutil.copy(src.with_suffix(".rttm"), tmp_path / "a.rttm")
-    rec = bench.own_recordings(tmp_path)
+    for name, src in (("a", "ami-en2002b-137-152"), ("b", "pairs/ami-es2002a-bc-0526")):  # 4 and 2 voices
+        shutil.copy((DIARIZATION / src).with_suffix(".wav"), tmp_path / f"{name}.wav")
+        shutil.copy((DIARIZATION / src).with_suffix(".rttm"), tmp_path / f"{name}.rttm")
+    recs = bench.own_recordings(tmp_path)
+    assert [r["uri"] for r in recs] == ["a", "b"]
     calls = []
     encode = CamPlusPlusEmbedding.__call__
     monkeypatch.setattr(CamPlusPlusEmbedding, "__call__", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
-    stage = bench.score(rec, bench.run_stage(rec, []))["pooled"]
+    stage = bench.score(recs, bench.run_stage(recs, []))
     once = len(calls)
     assert once > 0
-    swept = bench.run_stage_at_cuts(rec, [], [0.3, 0.5, 0.75, 1.0, 1.99])
+    cuts = [0.3, 0.5, 0.75, 1.0, 1.99]
+    swept = bench.run_stage_at_cuts(recs, [], cuts)
     assert len(calls) == 2 * once  # one embedding pass for the five cuts
-    scores = {cut: bench.score(rec, turns) for cut, turns in swept.items()}
-    assert scores[0.75]["pooled"]["der"] == pytest.approx(stage["der"], abs=1e-9)
-    found = [scores[c]["per_recording"]["a"]["speakers_found"] for c in (0.3, 0.5, 0.75, 1.0, 1.99)]
+    scores = {cut: bench.score(recs, turns) for cut, turns in swept.items()}
+    for uri in ("a", "b"):  # each recording with its own embeddings
+        assert scores[0.75]["per_recording"][uri]["der"] == pytest.approx(stage["per_recording"][uri]["der"], abs=1e-9)
+        assert scores[0.75]["per_recording"][uri]["speakers_found"] == stage["per_recording"][uri]["speakers_found"]
+    found = [scores[c]["per_recording"]["a"]["speakers_found"] for c in cuts]
     assert found == sorted(found, reverse=True) and found[0] > found[2] > found[-1]
     # the command line: a table and the best cut, and the figures in the JSON
     out = tmp_path / "cuts.json"
     assert bench.main(["--mode", "stage", "--split", "none", "--recordings", str(tmp_path), "--cuts", "0.75,1.99",
                        "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "at each clustering cut" in text and "lowest DER" in text
+    assert "at each clustering cut" in text and "lowest DER" in text and "is 0.75)" in text
     report = json.loads(out.read_text())
-    assert report["stage_cuts_own"]["0.75"]["pooled"]["der"] == pytest.approx(stage["der"], abs=1e-9)
+    assert report["stage_cuts_own"]["0.75"]["pooled"]["der"] == pytest.approx(stage["pooled"]["der"], abs=1e-9)
+    # refused before the stage runs
+    monkeypatch.setattr(bench, "run_stage", lambda *a, **k: pytest.fail("the stage ran before the refusal"))
+    base = ["--mode", "stage", "--split", "none", "--recordings", str(tmp_path)]
     for bad in ("0.7,x", "0", "2.5"):
         with pytest.raises(SystemExit):
-            bench.main(["--mode", "stage", "--split", "none", "--recordings", str(tmp_path), "--cuts", bad])
+            bench.main([*base, "--cuts", bad])
     with pytest.raises(SystemExit):
         bench.main(["--mode", "ingest", "--split", "none", "--recordings", str(tmp_path), "--cuts", "0.7"])
+    for args, why in (("--clustering silhouette", "clustering cut"), ("--diarization none", "clustering cut"),
+                      ("--num-speakers 2", "num-speakers"), ("--cluster-threshold 0.7", "cluster-threshold")):
+        with pytest.raises(SystemExit, match=why):
+            bench.main([*base, "--cuts", "0.7", "--pipeline-args", args])
     with pytest.raises(SystemExit, match="clustering cut"):
-        bench.run_stage_at_cuts(rec, ["--clustering", "silhouette"], [0.7])
+        bench.run_stage_at_cuts(recs, ["--clustering", "silhouette"], [0.7])

@@ -272,3 +272,12 @@ def test_the_runs_table_gets_the_diarizers_defaults_written_in():
     assert pretrained.resolved() is pretrained  # its own settings: nothing of ours to write in
     with pytest.raises(ConfigError, match="speaker_encoder"):
         IngestConfig(inputs=["x"], output="y", speaker_encoder="ecapa")
+    # the ingest's driver resolves it without loading a model library (1 GB and seconds of start-up)
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.config import IngestConfig; "
+            "c = IngestConfig(inputs=['x'], output='y').resolved(); "
+            "print(c.cluster_threshold, c.min_clean_speech, 'torch' in sys.modules, 'pyannote.audio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.split() == ["0.75", "1.5", "False", "False"]
