@@ -305,7 +305,7 @@ def run_stage(recs: list[dict], cfg_args: list[str], oracle: bool = False) -> di
     return out
 
 
-def sweepable(cfg_args: list[str], note: bool = True):
+def sweepable(cfg_args: list[str]):
     """The ingest config of ``cfg_args``, if its clustering cut can be swept (else SystemExit
     saying why): before any work, so a long run does not stop at its end."""
     from pipeline.ingest import parse_args
@@ -319,9 +319,6 @@ def sweepable(cfg_args: list[str], note: bool = True):
                          "leave it out of --pipeline-args")
     if cfg.cluster_threshold is not None:
         raise SystemExit("--cuts sets the clustering cut itself: leave --cluster-threshold out of --pipeline-args")
-    if note and (cfg.min_speakers is not None or cfg.max_speakers is not None):
-        print("note: --min-speakers/--max-speakers bound the count at every cut, so neighbouring cuts may score "
-              "the same", file=sys.stderr)
     return cfg
 
 
@@ -334,7 +331,7 @@ def run_stage_at_cuts(recs: list[dict], cfg_args: list[str], cuts: list[float]) 
     from pipeline.decode import Decoder
     from pipeline.stages import Diarize, Segment
 
-    cfg = sweepable(cfg_args, note=False)
+    cfg = sweepable(cfg_args)
     decoder, segment, diarize = Decoder(), Segment(cfg), Diarize(cfg)
     pipe = diarize.diarizer.pipeline
     embed = pipe.get_embeddings  # the pipeline's own (every other window, pipeline.diarize)
@@ -571,9 +568,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_args = shlex.split(a.pipeline_args)
     if cuts:
-        from pipeline.diarizer_defaults import CLUSTER_THRESHOLD
-
-        default_cut = CLUSTER_THRESHOLD[sweepable(cfg_args).speaker_encoder]
+        cfg = sweepable(cfg_args)  # refused now, not after a first split's stage run
+        default_cut = cfg.resolved().cluster_threshold  # the cut the stage runs at
+        cuts = sorted({*cuts, default_cut})
+        if cfg.min_speakers is not None or cfg.max_speakers is not None:
+            print("note: --min-speakers/--max-speakers bound the count at every cut, so neighbouring cuts may score "
+                  "the same", file=sys.stderr)
     splits = {"all": ["tune", "held"], "none": []}.get(a.split, [a.split])
     # ../shared only where a split or the meetings need it: --split none --recordings DIR runs
     # on a machine without it
@@ -613,7 +613,9 @@ def main(argv=None) -> int:
             report[f"encoders_{split}"] = res
         if a.mode in ("stage", "both"):
             t = time.perf_counter()
-            res = score(sub, run_stage(sub, cfg_args))
+            # with --cuts, one segmentation and embedding pass gives the stage at its own cut too
+            by_cut = run_stage_at_cuts(sub, cfg_args, cuts) if cuts else None
+            res = score(sub, by_cut[default_cut] if by_cut else run_stage(sub, cfg_args))
             print_report(f"diarize stage alone, {split} ({time.perf_counter() - t:.0f} s)", res)
             report[f"stage_{split}"] = res
             if a.oracle_clustering:
@@ -621,10 +623,9 @@ def main(argv=None) -> int:
                 res = score(sub, run_stage(sub, cfg_args, oracle=True))
                 print_report(f"diarize stage alone, oracle clustering, {split} ({time.perf_counter() - t:.0f} s)", res)
                 report[f"stage_oracle_{split}"] = res
-            if cuts:
-                t = time.perf_counter()
-                swept = {cut: score(sub, turns) for cut, turns in run_stage_at_cuts(sub, cfg_args, cuts).items()}
-                print_cuts(f"diarize stage alone at each clustering cut, {split} ({time.perf_counter() - t:.0f} s)", swept,
+            if by_cut:
+                swept = {cut: score(sub, turns) for cut, turns in by_cut.items()}
+                print_cuts(f"diarize stage alone at each clustering cut (the default's among them), {split}", swept,
                            default_cut)
                 report[f"stage_cuts_{split}"] = {str(cut): res for cut, res in swept.items()}
         if a.mode in ("ingest", "both"):

@@ -192,8 +192,12 @@ def test_cuts_score_the_stage_at_each_cut_from_one_embedding_pass(tmp_path, caps
     assert "at each clustering cut" in text and "lowest DER" in text and "is 0.75)" in text
     report = json.loads(out.read_text())
     assert report["stage_cuts_own"]["0.75"]["pooled"]["der"] == pytest.approx(stage["pooled"]["der"], abs=1e-9)
+    assert report["stage_own"]["pooled"]["der"] == pytest.approx(stage["pooled"]["der"], abs=1e-9)  # from that pass
+    with pytest.raises(SystemExit, match="clustering cut"):
+        bench.run_stage_at_cuts(recs, ["--clustering", "silhouette"], [0.7])
     # refused before the stage runs
-    monkeypatch.setattr(bench, "run_stage", lambda *a, **k: pytest.fail("the stage ran before the refusal"))
+    for stage_run in ("run_stage", "run_stage_at_cuts"):
+        monkeypatch.setattr(bench, stage_run, lambda *a, **k: pytest.fail("the stage ran before the refusal"))
     base = ["--mode", "stage", "--split", "none", "--recordings", str(tmp_path)]
     for bad in ("0.7,x", "0", "2.5"):
         with pytest.raises(SystemExit):
@@ -204,5 +208,3 @@ def test_cuts_score_the_stage_at_each_cut_from_one_embedding_pass(tmp_path, caps
                       ("--num-speakers 2", "num-speakers"), ("--cluster-threshold 0.7", "cluster-threshold")):
         with pytest.raises(SystemExit, match=why):
             bench.main([*base, "--cuts", "0.7", "--pipeline-args", args])
-    with pytest.raises(SystemExit, match="clustering cut"):
-        bench.run_stage_at_cuts(recs, ["--clustering", "silhouette"], [0.7])
