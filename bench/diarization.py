@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from pipeline.evaluation import annotation, der, load_rttm, load_uem, speaker_purity_consistency
@@ -156,57 +157,62 @@ def simulate_conversations(work: Path, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def _entry_of(entries: dict, path: Path, uri: str, what: str):
-    """``uri``'s entry in a file's ``{uri: Annotation or Timeline}``, renamed ``uri`` (the scoring
-    pairs hypothesis and reference by uri). A file of one other uri is taken as this recording's;
-    one of several uris without ``uri`` is refused (else it would silently not apply)."""
-    entry = entries.get(uri) or (next(iter(entries.values())) if len(entries) == 1 else None)
+def _entry_of(entries: dict, path: Path, uri: str, what: str, name: str | None = None):
+    """The entry of ``name`` (default ``uri``) in a file's ``{uri: Annotation or Timeline}``,
+    renamed ``uri`` (the scoring pairs hypothesis and reference by uri). A file of one other uri
+    is taken as this recording's; one of several uris without ``name`` is refused (else it would
+    silently not apply)."""
+    name = uri if name is None else name
+    entry = entries.get(name) or (next(iter(entries.values())) if len(entries) == 1 else None)
     if entry is None:
-        raise SystemExit(f"{path}: no {what} for uri {uri!r} (it has {sorted(entries)})")
+        raise SystemExit(f"{path}: no {what} for uri {name!r} (it has {sorted(entries)})")
     entry.uri = uri
     return entry
 
 
-def reference_of(rttm: Path, uri: str):
-    """The turns of ``uri`` in an RTTM file, as an Annotation whose uri is ``uri``."""
-    return _entry_of(load_rttm(rttm), rttm, uri, "turns")
+def reference_of(rttm: Path, uri: str, name: str | None = None):
+    """The turns of ``name`` (default ``uri``) in an RTTM file, as an Annotation whose uri is ``uri``."""
+    return _entry_of(load_rttm(rttm), rttm, uri, "turns", name)
 
 
-def scored_region_of(uem_path: Path, uri: str):
-    """The scored region (a Timeline) of ``uri`` in a UEM file, by ``reference_of``'s rule."""
-    return _entry_of(load_uem(uem_path), uem_path, uri, "scored region")
+def scored_region_of(uem_path: Path, uri: str, name: str | None = None):
+    """The scored region (a Timeline) of ``name`` in a UEM file, by ``reference_of``'s rule."""
+    return _entry_of(load_uem(uem_path), uem_path, uri, "scored region", name)
 
 
 def own_recordings(folder: Path) -> list[dict]:
     """Every audio file under ``folder`` with a reference beside it (``<stem>.rttm``; its UEM
     ``<stem>.uem`` if there is one), split ``own``: a user's own conversations, or recordings
-    nobody tuned on. The RTTM's turns of the file's uri are used (uri = the file's stem; an RTTM
-    that names one other uri is taken as that file's). Files without an RTTM are listed and
-    left out; a folder with none is an error. The audio files are the ones the ingest would
-    find there (``pipeline.discover``), as absolute paths: the ingest's rows name them so."""
+    nobody tuned on. The RTTM's turns of the file's stem are used (an RTTM that names one other
+    uri is taken as that file's). A recording is named by its stem, or, where two files under
+    ``folder`` share one (``a/call.wav``, ``b/call.wav``), by its path under ``folder`` without
+    the suffix (``a/call``). Files without an RTTM are listed and left out; a folder with none
+    is an error. The audio files are the ones the ingest would find there
+    (``pipeline.discover``), as absolute paths: the ingest's rows name them so."""
     from pipeline.discover import discover
 
     folder = Path(folder)
     if not folder.is_dir():
         raise SystemExit(f"{folder}: not a folder")
-    out, missing = [], []
+    found, missing = [], []
     for path in map(Path, discover([str(folder)])):
-        rttm = path.with_suffix(".rttm")
-        if not rttm.is_file():
+        if path.with_suffix(".rttm").is_file():
+            found.append(path)
+        else:
             missing.append(path.name)
-            continue
-        ref = reference_of(rttm, path.stem)
-        uem_path = path.with_suffix(".uem")
-        uem = scored_region_of(uem_path, path.stem) if uem_path.is_file() else None
-        out.append({"uri": path.stem, "path": str(path), "reference": ref, "uem": uem, "split": "own",
-                    "group": "own"})
     if missing:
         print(f"{folder}: no .rttm beside {len(missing)} audio file(s), left out: "
               f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
-    if not out:
+    if not found:
         raise SystemExit(f"{folder}: no audio file with a <stem>.rttm reference beside it")
-    if len({r["uri"] for r in out}) < len(out):
-        raise SystemExit(f"{folder}: two audio files share a file stem (the uri)")
+    stems = Counter(p.stem for p in found)
+    out = []
+    for path in found:
+        uri = path.stem if stems[path.stem] == 1 else path.relative_to(os.path.abspath(folder)).with_suffix("").as_posix()
+        ref = reference_of(path.with_suffix(".rttm"), uri, path.stem)
+        uem_path = path.with_suffix(".uem")
+        uem = scored_region_of(uem_path, uri, path.stem) if uem_path.is_file() else None
+        out.append({"uri": uri, "path": str(path), "reference": ref, "uem": uem, "split": "own", "group": "own"})
     return out
 
 

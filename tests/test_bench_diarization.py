@@ -63,6 +63,33 @@ def test_own_recordings_refuse_what_cannot_be_scored(tmp_path):
         bench.own_recordings(tmp_path)
 
 
+def test_own_recordings_named_by_their_path_where_two_share_a_stem(tmp_path):
+    """A corpus laid out by speaker or day (``a/call.wav``, ``b/call.wav``, each with its RTTM)
+    is scored, each recording with its own reference, not refused nor merged."""
+    bench = _bench()
+    src = DIARIZATION / "ami-en2002b-137-152"
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(src.with_suffix(".wav"), tmp_path / sub / "call.wav")
+    shutil.copy(src.with_suffix(".rttm"), tmp_path / "a" / "call.rttm")
+    (tmp_path / "b" / "call.rttm").write_text("SPEAKER call 1 1.0 2.0 <NA> <NA> X <NA> <NA>\n", encoding="utf-8")
+    (tmp_path / "b" / "call.uem").write_text("call 1 0.5 4.0\n", encoding="utf-8")
+    shutil.copy(src.with_suffix(".wav"), tmp_path / "solo.wav")
+    shutil.copy(src.with_suffix(".rttm"), tmp_path / "solo.rttm")
+    recs = {r["uri"]: r for r in bench.own_recordings(tmp_path)}
+    assert sorted(recs) == ["a/call", "b/call", "solo"]
+    assert len(recs["a/call"]["reference"].labels()) == 4 and recs["b/call"]["reference"].labels() == ["X"]
+    assert recs["b/call"]["uem"].uri == "b/call" and recs["a/call"]["uem"] is None
+    assert recs["b/call"]["path"] == str(tmp_path / "b" / "call.wav")
+    # each scored against its own reference
+    turns = {u: [(s.start, s.end, lab) for s, _, lab in r["reference"].itertracks(yield_label=True)]
+             for u, r in recs.items()}
+    turns["b/call"] = [(1.0, 3.0, "Y")]
+    res = bench.score(list(recs.values()), turns)
+    assert res["pooled"]["der"] == pytest.approx(0.0, abs=1e-9)
+    assert [res["per_recording"][u]["speakers_found"] for u in sorted(recs)] == [4, 1, 4]
+
+
 def test_two_voice_floor_cuts_the_third_voice_and_scores_it(tmp_path):
     """The two-voice floor keeps, wherever three or more speak, the two voices whose turns began
     first; scored against the reference, exactly the cut speech is missed."""
