@@ -190,7 +190,7 @@ class Segment(_Stage):
 
         r = cfg.resources["segment"]
         self.segmenter = Segmenter(cfg.vad, cfg.vad_model, cfg.segmentation_step, cfg.vad_onset, cfg.vad_offset,
-                                   cfg.device, r.threads, token=cfg.hf_token)
+                                   cfg.device, r.threads, token=cfg.hf_token, runtime=cfg.segmentation_runtime)
 
     def process(self, row: dict) -> None:
         row["segmentation"] = self.segmenter(row["audio16"])

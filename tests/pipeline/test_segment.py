@@ -1,5 +1,7 @@
-"""ASR windowing of VAD regions (pipeline.segment.merge_for_asr)."""
+"""The segment stage: ASR windowing of VAD regions (pipeline.segment.merge_for_asr), the segmentation
+model's runtime."""
 
+import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, IngestConfig
@@ -32,3 +34,49 @@ def test_window_config_is_validated():
         IngestConfig(inputs=["x"], output="o", asr_window=45.0)
     with pytest.raises(ConfigError, match="asr_max_gap"):
         IngestConfig(inputs=["x"], output="o", asr_max_gap=-1.0)
+
+
+def _ami_clip():
+    from pipeline.decode import Decoder
+    from tests.conftest import REPO
+
+    return Decoder()(str(REPO.parent / "shared" / "diarization" / "ami-en2002b-137-152.wav")).audio16
+
+
+@pytest.mark.parametrize("model", ["segmentation-3.0", "whisperx"])
+def test_onnx_runtime_gives_what_pytorch_gives(model):
+    """The default runtime on CPU (onnxruntime, the model exported in memory) must not change
+    what the segment stage hands on: the speech regions, the local speakers, the overlap."""
+    from pipeline.segment import Segmenter
+
+    audio = _ami_clip()
+    onnx, torch_ = Segmenter(model_path=model, device="cpu"), Segmenter(model_path=model, device="cpu", runtime="torch")
+    assert (onnx.runtime, torch_.runtime) == ("onnx", "torch")
+    a, b = onnx(audio), torch_(audio)
+    assert a.speech and a.speech == b.speech
+    assert a.scores.shape == b.scores.shape
+    # segmentation-3.0's local speakers are hard 0/1 (powerset argmax); the 2022 model's soft
+    if model == "segmentation-3.0":
+        assert (a.scores == b.scores).all()
+        assert np.abs(a.overlap - b.overlap).max() < 1e-4
+    else:  # floats summed in another order: 2e-4 at most on this clip
+        assert np.abs(a.scores - b.scores).max() < 1e-3
+
+
+def test_a_model_the_exporter_cannot_take_runs_under_pytorch_with_a_warning(monkeypatch, caplog):
+    import pipeline.onnx_model
+    from pipeline.segment import Segmenter
+
+    def no_onnx(*args, **kwargs):
+        raise ImportError("No module named 'onnx'")
+
+    monkeypatch.setattr(pipeline.onnx_model, "onnx_forward", no_onnx)
+    seg = Segmenter(device="cpu")
+    assert seg.runtime == "torch"
+    assert "runs under PyTorch" in caplog.text and "No module named 'onnx'" in caplog.text
+    assert seg(_ami_clip()).speech  # and it still segments
+
+
+def test_segmentation_runtime_is_validated():
+    with pytest.raises(ConfigError, match="segmentation_runtime"):
+        IngestConfig(inputs=["x"], output="o", segmentation_runtime="tensorrt")
