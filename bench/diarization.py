@@ -186,7 +186,8 @@ def own_recordings(folder: Path) -> list[dict]:
     nobody tuned on. The RTTM's turns of the file's stem are used (an RTTM that names one other
     uri is taken as that file's). A recording is named by its stem, or, where two files under
     ``folder`` share one (``a/call.wav``, ``b/call.wav``), by its path under ``folder`` without
-    the suffix (``a/call``). Files without an RTTM are listed and left out; a folder with none
+    the suffix (``a/call``), with it where that is not unique either (``a/call.wav``,
+    ``a/call.mp3``). Files without an RTTM are listed and left out; a folder with none
     is an error. The audio files are the ones the ingest would find there
     (``pipeline.discover``), as absolute paths: the ingest's rows name them so."""
     from pipeline.discover import discover
@@ -206,9 +207,14 @@ def own_recordings(folder: Path) -> list[dict]:
     if not found:
         raise SystemExit(f"{folder}: no audio file with a <stem>.rttm reference beside it")
     stems = Counter(p.stem for p in found)
+    rel = {p: p.relative_to(os.path.abspath(folder)) for p in found}
+    rel_stems = Counter(r.with_suffix("") for r in rel.values())
     out = []
     for path in found:
-        uri = path.stem if stems[path.stem] == 1 else path.relative_to(os.path.abspath(folder)).with_suffix("").as_posix()
+        # the stem; where it is not unique, the path under folder; where that is not either
+        # (call.wav and call.mp3 side by side, one RTTM for both), the path with its suffix
+        uri = (path.stem if stems[path.stem] == 1 else rel[path].with_suffix("").as_posix()
+               if rel_stems[rel[path].with_suffix("")] == 1 else rel[path].as_posix())
         ref = reference_of(path.with_suffix(".rttm"), uri, path.stem)
         uem_path = path.with_suffix(".uem")
         uem = scored_region_of(uem_path, uri, path.stem) if uem_path.is_file() else None

@@ -114,11 +114,11 @@ class IngestConfig:
         "model bundled in whisperx's), or a checkpoint path / hub name", group="segmentation"))
     vad_onset: float = field(default=0.5, metadata=cli(group="segmentation"))
     vad_offset: float = field(default=0.363, metadata=cli(group="segmentation"))
-    # onnx: 1.7x faster on one core with the same output (pipeline/onnx_model.py); torch: as
+    # onnx: 1.6x less CPU on one core with the same output (pipeline/onnx_model.py); torch: as
     # loaded. On a GPU the model always runs under PyTorch.
     segmentation_runtime: Literal["onnx", "torch"] = field(default="onnx", metadata=cli(
         "onnx: the segmentation model runs under onnxruntime on CPU (exported in memory at start; same output, "
-        "1.7x faster); torch: under PyTorch", group="segmentation"))
+        "1.6x less CPU); torch: under PyTorch", group="segmentation"))
     segmentation_step: float = field(default=0.5, metadata=cli(
         "step between segmentation windows (10 s for segmentation-3.0), as a fraction of the window",
         group="segmentation"))

@@ -1,12 +1,11 @@
 """A PyTorch model run by onnxruntime on CPU, exported in memory when a stage starts.
 
-segmentation-3.0 (PyanNet: SincNet convolutions and a 4-layer bidirectional LSTM) runs 1.7x
-faster under onnxruntime than under PyTorch on one core, with the same output (bench/ingest.py
-corpus, 21.4 min, 10 sources: 12.3 s of CPU against 20.6 s; the speech regions and the hard local
-speakers identical on all 10): the segment stage's CPU is what the ingest spends over the
-settings before the issue-11 diarizer on a 2-core machine. The export takes ~0.5 s per process,
-so no file is written or cached. onnxruntime comes with faster-whisper; the export needs
-``onnx``.
+segmentation-3.0 (PyanNet: SincNet convolutions and a 4-layer bidirectional LSTM) takes 1.6x
+less CPU under onnxruntime than under PyTorch on one core, with the same output (the segment
+stage on bench/ingest.py's corpus, 21.4 min in 10 sources: 10.4-11.8 s against 16.8-19.3 s; the
+speech regions and the hard local speakers identical). On 2 cores the segment stage competes
+with transcription for the CPU. The export takes ~0.5 s per process, so nothing is written or
+cached. onnxruntime comes with faster-whisper; the export needs ``onnx``.
 """
 
 from __future__ import annotations
@@ -19,13 +18,17 @@ import numpy as np
 import torch
 
 
-def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int,
-                 max_batch: int = 4) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward (its class's, one input tensor -> one output tensor) as an
-    onnxruntime session on CPU with ``threads`` intra-op threads. ``example`` [B, ...] fixes
-    the input's rank; its first and last axes (batch, samples) may vary. Raises what the export
-    raises (``ImportError`` without ``onnx``, ``torch.onnx`` errors for an operator it cannot
-    export): the caller decides to keep PyTorch."""
+def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, max_batch: int = 4,
+                 tolerance: float = 1e-3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward (its class's; one input, one output) as an onnxruntime session on CPU
+    with ``threads`` intra-op threads: the returned function maps float32 ``[B, C, samples]``
+    (on any device) to a CPU float32 tensor, ``[B, frames, classes]`` for a segmentation model,
+    running at most ``max_batch`` items at a time. ``example`` ``[B, C, samples]`` fixes the
+    input's rank; batch and samples may vary. Raises what the export raises (``ImportError``
+    without ``onnx``, ``torch.onnx`` errors for an operator it cannot export), and ValueError
+    when the session's output on a batch of another size than ``example``'s differs from
+    PyTorch's by more than ``tolerance`` (shapes frozen into the graph): the caller keeps
+    PyTorch then."""
     import onnxruntime as ort
 
     class Forward(torch.nn.Module):
@@ -47,6 +50,9 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int,
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
+    # the stage runs many small batches and shares its cores with others: no busy-waiting
+    # between them (onnxruntime's threads spin by default when there are several)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -58,4 +64,10 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int,
         parts = [session.run(None, {"x": x[i:i + max_batch]})[0] for i in range(0, len(x), max_batch)]
         return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
+    check = torch.randn(example.shape[0] + 1, *example.shape[1:], generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        want = type(model).forward(model, check)
+    diff = float((forward(check) - want).abs().max())
+    if not diff <= tolerance:  # NaN too
+        raise ValueError(f"the exported model's output differs from PyTorch's by {diff:.2g} (> {tolerance:g})")
     return forward

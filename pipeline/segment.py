@@ -90,6 +90,7 @@ class Segmenter:
                  batch_size: int = 32, token: str | None = None, runtime: str = "onnx"):
         torch.set_num_threads(threads)
         self.vad = vad
+        self.runtime = None  # what runs the segmentation model (silero: faster-whisper's own ONNX model)
         self.onset, self.offset = onset, offset
         self.device = resolve_device(device)
         if vad == "pyannote":
@@ -117,16 +118,17 @@ class Segmenter:
 
     def _run_with_onnx(self, threads: int) -> None:
         """The model's forward replaced by an onnxruntime session (``pipeline.onnx_model``: same
-        output, 1.7x faster on one core). A model the exporter cannot take keeps PyTorch, with
-        a warning that says why."""
+        output, 1.6x less CPU on one core). A model the exporter cannot take, or whose export
+        does not give PyTorch's output, keeps PyTorch, with a warning that says why."""
         import logging
 
         from pipeline.onnx_model import onnx_forward
 
-        samples = int(self.model.specifications.duration * self.model.hparams.sample_rate)
         try:
+            # the window's samples, as pyannote's Inference cuts them
+            samples = self.model.audio.get_num_samples(self.model.specifications.duration)
             forward = onnx_forward(self.model, torch.zeros(2, 1, samples), threads)
-        except Exception as e:  # ImportError (no onnx), torch.onnx's errors: the model runs as it is
+        except Exception as e:  # ImportError (no onnx), torch.onnx's errors, a wrong export: the model runs as it is
             logging.getLogger(__name__).warning("segmentation model runs under PyTorch (onnx export failed: %s: %s)",
                                                 type(e).__name__, e)
             return

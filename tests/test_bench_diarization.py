@@ -88,6 +88,10 @@ def test_own_recordings_named_by_their_path_where_two_share_a_stem(tmp_path):
     res = bench.score(list(recs.values()), turns)
     assert res["pooled"]["der"] == pytest.approx(0.0, abs=1e-9)
     assert [res["per_recording"][u]["speakers_found"] for u in sorted(recs)] == [4, 1, 4]
+    # two files of one stem side by side (one RTTM for both) keep their suffixes apart
+    shutil.copy(src.with_suffix(".wav"), tmp_path / "a" / "call.flac")
+    recs = bench.own_recordings(tmp_path)
+    assert sorted(r["uri"] for r in recs) == ["a/call.flac", "a/call.wav", "b/call", "solo"]
 
 
 def test_two_voice_floor_cuts_the_third_voice_and_scores_it(tmp_path):

@@ -57,10 +57,46 @@ def test_onnx_runtime_gives_what_pytorch_gives(model):
     assert a.scores.shape == b.scores.shape
     # segmentation-3.0's local speakers are hard 0/1 (powerset argmax); the 2022 model's soft
     if model == "segmentation-3.0":
-        assert (a.scores == b.scores).all()
+        # an argmax over log-probabilities equal to ~3e-5: all frames agree here (allow a tie's
+        # flip on a CPU whose kernels round otherwise)
+        assert (a.scores != b.scores).mean() < 1e-3
         assert np.abs(a.overlap - b.overlap).max() < 1e-4
     else:  # floats summed in another order: 2e-4 at most on this clip
         assert np.abs(a.scores - b.scores).max() < 1e-3
+
+
+def test_onnx_forward_matches_the_model_at_any_batch_and_length():
+    """pyannote's Inference runs batches of up to 32 windows and pads the last; the session
+    runs four at a time: every batch size and a shorter input give PyTorch's output."""
+    import torch
+
+    from pipeline.onnx_model import onnx_forward
+    from pipeline.segment import load_segmentation_model
+
+    model = load_segmentation_model(None).eval()
+    forward = onnx_forward(model, torch.zeros(2, 1, 160_000), threads=1)
+    gen = torch.Generator().manual_seed(1)
+    for batch, samples in [(1, 160_000), (5, 160_000), (9, 160_000), (3, 80_000)]:
+        x = torch.randn(batch, 1, samples, generator=gen) * 0.1
+        with torch.no_grad():
+            want = type(model).forward(model, x)
+        got = forward(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).abs().max() < 1e-3
+
+
+def test_an_export_that_does_not_match_pytorch_is_refused():
+    import torch
+
+    from pipeline.onnx_model import onnx_forward
+
+    class FrozenBatch(torch.nn.Module):
+        # its output depends on the batch size as a constant the tracer freezes into the graph
+        def forward(self, x):
+            return x[:, :, :4].transpose(1, 2) * float(x.shape[0]) + 1.0
+
+    with pytest.raises(ValueError, match="differs from PyTorch"):
+        onnx_forward(FrozenBatch(), torch.zeros(2, 1, 16), threads=1)
 
 
 def test_a_model_the_exporter_cannot_take_runs_under_pytorch_with_a_warning(monkeypatch, caplog):
