@@ -1,4 +1,5 @@
-"""Regression: the same audio shard and the same codec give the same tokens, bit for bit.
+"""Regression: the same audio shard and the same codec give the same tokens, bit for bit (the
+semantic codes up to the near-copies the fixture's codebook holds, see the test).
 
 The stored result (``tests/fixtures/stored_tokens/tokens.npz``) was made by the tokenize job
 (``tokenize/run.py``, local engine, CPU, fp32, one torch thread) *before* the shard formats and
@@ -81,10 +82,21 @@ def test_the_same_shard_and_codec_give_the_stored_tokens(tmp_path, run_module):
         keys = [str(k) for k in z["keys"]]
         want = {k: (z[f"{k}/semantic"], z[f"{k}/acoustic"]) for k in keys}
     assert list(got) == keys, "keys or their order changed"
+    from codec import Codec
+
+    codebook = Codec.load(CODEC).vq.codebook.detach().numpy()
     for k in keys:
         (gs, ga), (ws, wa) = got[k], want[k]
         assert gs.dtype == ws.dtype == np.int16 and ga.dtype == wa.dtype == np.uint8, k
-        assert gs.tobytes() == ws.tobytes() and gs.shape == ws.shape, f"{k}: semantic tokens changed"
+        assert gs.shape == ws.shape, f"{k}: semantic tokens changed"
+        if gs.tobytes() != ws.tobytes():
+            # The fixture's codebook starts on its own latents, drawn with replacement (8192 codes
+            # from ~130 frames) plus 1e-3 std of noise (codec/vq.py _init_from): each frame has
+            # dozens of near-copies, and which copy is nearest is float rounding, which differs
+            # between CPUs (AVX2 against AVX-512 kernels: 25-50 % of the codes). A copy is
+            # within 0.0025 of another; codes of distinct frames are 0.004-0.1 apart.
+            d = np.linalg.norm(codebook[gs.astype(int)] - codebook[ws.astype(int)], axis=1)
+            assert d.max() < 0.003, f"{k}: semantic tokens changed (a code {d.max():.3g} from the stored one)"
         assert ga.tobytes() == wa.tobytes() and ga.shape == wa.shape, f"{k}: acoustic tokens changed"
     # the fixture is worth something only if its tokens vary
     assert len(np.unique(np.concatenate([s for s, _ in want.values()]))) > 10
