@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = Path(os.environ.get("VOXFORGE_SPEECH", REPO.parent / "shared" / "speech"))
+DIARIZATION = REPO.parent / "shared" / "diarization"  # real AMI excerpts with RTTM references
 
 # tests never touch the network: a missing model fails fast instead of hanging
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, load_script
-
-DIARIZATION = REPO.parent / "shared" / "diarization"
+from tests.conftest import DIARIZATION, REPO, load_script
 
 
 def _bench():

@@ -11,9 +11,9 @@ from pipeline.config import ConfigError, IngestConfig
 from pipeline.evaluation import annotation, der, load_rttm
 from pipeline.ingest import parse_args
 from pipeline.speaker_clustering import choose_clusters
-from tests.conftest import REPO
+from tests.conftest import DIARIZATION, REPO
 
-MEETING = REPO.parent / "shared" / "diarization" / "ami-es2004a-750-810"  # 60 s, 4 speakers
+MEETING = DIARIZATION / "ami-es2004a-750-810"  # 60 s, 4 speakers
 
 
 @pytest.fixture(scope="module")

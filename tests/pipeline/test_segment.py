@@ -38,9 +38,9 @@ def test_window_config_is_validated():
 
 def _ami_clip():
     from pipeline.decode import Decoder
-    from tests.conftest import REPO
+    from tests.conftest import DIARIZATION
 
-    return Decoder()(str(REPO.parent / "shared" / "diarization" / "ami-en2002b-137-152.wav")).audio16
+    return Decoder()(str(DIARIZATION / "ami-en2002b-137-152.wav")).audio16
 
 
 @pytest.mark.parametrize("model", ["segmentation-3.0", "whisperx"])
