@@ -130,7 +130,8 @@ MIN_CLUSTER_SIZE = 2
 def _build_offline_pipeline(segmentation_path, step, threshold, device, token, onset=0.5,
                             min_cluster_size=MIN_CLUSTER_SIZE,
                             clustering="threshold", min_silhouette=0.2, speaker_encoder="campplus",
-                            reuse_embeddings=True, min_clean_speech=None):
+                            reuse_embeddings=True, min_clean_speech=None, speaker_encoder_runtime="onnx",
+                            threads=1):
     from pyannote.audio.pipelines import SpeakerDiarization
 
     from pipeline.speaker_clustering import HintedAgglomerativeClustering, SilhouetteClustering
@@ -165,7 +166,7 @@ def _build_offline_pipeline(segmentation_path, step, threshold, device, token, o
                                       segmentation_batch_size=32)
     finally:
         sd.get_plda = get_plda
-    p._embedding = SPEAKER_ENCODERS[speaker_encoder](device)
+    p._embedding = SPEAKER_ENCODERS[speaker_encoder](device, runtime=speaker_encoder_runtime, threads=threads)
     if threshold is None:
         threshold = p._embedding.cluster_threshold
     from pyannote.audio.core.io import Audio
@@ -201,7 +202,8 @@ class Diarizer:
                  max_speakers: int | None = None, token: str | None = None, onset: float = 0.5,
                  min_cluster_size: int = MIN_CLUSTER_SIZE, clustering: str = "threshold", min_silhouette: float = 0.2,
                  overlap_threshold: float | None = 0.1, speaker_encoder: str = "campplus",
-                 reuse_embeddings: bool = True, min_clean_speech: float | None = None):
+                 reuse_embeddings: bool = True, min_clean_speech: float | None = None,
+                 speaker_encoder_runtime: str = "onnx"):
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
@@ -211,7 +213,8 @@ class Diarizer:
         if self.offline:
             self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
                                                    min_cluster_size, clustering, min_silhouette, speaker_encoder,
-                                                   reuse_embeddings, min_clean_speech)
+                                                   reuse_embeddings, min_clean_speech, speaker_encoder_runtime,
+                                                   threads)
         else:
             from pyannote.audio import Pipeline
 

@@ -19,16 +19,19 @@ import torch
 
 
 def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, max_batch: int = 4,
-                 tolerance: float = 1e-3) -> Callable[[torch.Tensor], torch.Tensor]:
+                 tolerance: float = 1e-3, time_axis: int = -1,
+                 output_axes: dict[int, str] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model``'s forward (its class's; one input, one output) as an onnxruntime session on CPU
-    with ``threads`` intra-op threads: the returned function maps float32 ``[B, C, samples]``
-    (on any device) to a CPU float32 tensor, ``[B, frames, classes]`` for a segmentation model,
-    running at most ``max_batch`` items at a time. ``example`` ``[B, C, samples]`` fixes the
-    input's rank; batch and samples may vary. Raises what the export raises (``ImportError``
-    without ``onnx``, ``torch.onnx`` errors for an operator it cannot export), and ValueError
-    when the session's output on a batch of another size than ``example``'s differs from
-    PyTorch's by more than ``tolerance`` (shapes frozen into the graph): the caller keeps
-    PyTorch then."""
+    with ``threads`` intra-op threads: the returned function maps a float32 tensor shaped like
+    ``example`` (on any device) to a CPU float32 tensor, running at most ``max_batch`` items at
+    a time. ``example`` fixes the input's rank; its batch (axis 0) and ``time_axis`` may vary:
+    ``[B, C, samples]`` -> ``[B, frames, classes]`` for a segmentation model (the default
+    ``output_axes``, ``{0: "batch", 1: "frames"}``), ``[B, frames, 80]`` -> ``[B, 192]`` for a
+    speaker encoder (``time_axis=1, output_axes={0: "batch"}``). Raises what the export raises
+    (``ImportError`` without ``onnx``, ``torch.onnx`` errors for an operator it cannot export),
+    and ValueError when the session's output on a batch of another size and length than
+    ``example``'s differs from PyTorch's by more than ``tolerance`` (shapes frozen into the
+    graph): the caller keeps PyTorch then."""
     import onnxruntime as ort
 
     class Forward(torch.nn.Module):
@@ -41,12 +44,15 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, ma
             return type(self.inner).forward(self.inner, x)
 
     buf = io.BytesIO()
-    last = example.dim() - 1
+    time_axis %= example.dim()
+    if time_axis == 0:
+        raise ValueError("time_axis: axis 0 is the batch")
+    output_axes = {0: "batch", 1: "frames"} if output_axes is None else output_axes
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy TorchScript exporter's deprecation notice, tracer warnings
         torch.onnx.export(Forward(model).eval(), (example,), buf, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch", last: "samples"}, "y": {0: "batch", 1: "frames"}})
+                          dynamic_axes={"x": {0: "batch", time_axis: "time"}, "y": output_axes})
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
@@ -64,7 +70,10 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, ma
         parts = [session.run(None, {"x": x[i:i + max_batch]})[0] for i in range(0, len(x), max_batch)]
         return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
-    check = torch.randn(example.shape[0] + 1, *example.shape[1:], generator=torch.Generator().manual_seed(0)) * 0.1
+    # another batch size and another length than the export's: a shape frozen into the graph shows
+    shape = [example.shape[0] + 1, *example.shape[1:]]
+    shape[time_axis] = max(1, example.shape[time_axis] * 3 // 4)
+    check = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.1
     with torch.no_grad():
         want = type(model).forward(model, check)
     diff = float((forward(check) - want).abs().max())

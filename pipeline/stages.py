@@ -253,6 +253,7 @@ class Diarize(_Stage):
                                      cfg.hf_token, clustering=cfg.clustering, min_silhouette=cfg.min_silhouette,
                                      overlap_threshold=cfg.overlap_threshold,
                                      speaker_encoder=cfg.speaker_encoder,
+                                     speaker_encoder_runtime=cfg.speaker_encoder_runtime,
                                      reuse_embeddings=not cfg.embed_every_chunk,
                                      min_clean_speech=cfg.min_clean_speech)
 

@@ -99,6 +99,21 @@ def test_an_export_that_does_not_match_pytorch_is_refused():
         onnx_forward(FrozenBatch(), torch.zeros(2, 1, 16), threads=1)
 
 
+def test_an_export_frozen_to_one_length_is_refused():
+    import torch
+
+    from pipeline.onnx_model import onnx_forward
+
+    class FrozenLength(torch.nn.Module):
+        # a speaker encoder's pooling written with the length as a Python number: traced as a constant
+        def forward(self, x):
+            return x.sum(1) / float(x.shape[1])
+
+    # checked at the export's length only, it would pass: the check also runs a shorter input
+    with pytest.raises(ValueError, match="differs from PyTorch"):
+        onnx_forward(FrozenLength(), torch.zeros(2, 400, 3), threads=1, time_axis=1, output_axes={0: "batch"})
+
+
 def test_a_model_the_exporter_cannot_take_runs_under_pytorch_with_a_warning(monkeypatch, caplog):
     import pipeline.onnx_model
     from pipeline.segment import Segmenter
@@ -116,3 +131,5 @@ def test_a_model_the_exporter_cannot_take_runs_under_pytorch_with_a_warning(monk
 def test_segmentation_runtime_is_validated():
     with pytest.raises(ConfigError, match="segmentation_runtime"):
         IngestConfig(inputs=["x"], output="o", segmentation_runtime="tensorrt")
+    with pytest.raises(ConfigError, match="speaker_encoder_runtime"):
+        IngestConfig(inputs=["x"], output="o", speaker_encoder_runtime="tensorrt")
