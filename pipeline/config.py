@@ -67,7 +67,9 @@ def _default_resources() -> dict[str, StageResources]:
     #                                                   11 min session; 1159 PSS with the 2022
     #                                                   model + resemblyzer; 1578 PSS, 1869 RSS
     #                                                   on 12.8 min with CAM++ traced and every
-    #                                                   other window embedded)
+    #                                                   other window embedded; 1387 PSS, 1828 RSS
+    #                                                   on 2.3 + 10.8 min with both models under
+    #                                                   onnxruntime, fbf9d7e)
     #   transcribe        1327      1681       1792
     #   assemble           668      1004       1024
     # PSS splits the pages several processes share (torch's libraries, ~0.3-0.5 GiB; the object

@@ -46,9 +46,9 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, ma
             return type(self.inner).forward(self.inner, x)
 
     buf = io.BytesIO()
+    if not -example.dim() <= time_axis < example.dim() or time_axis % example.dim() == 0:
+        raise ValueError(f"time_axis {time_axis}: an axis of the {example.dim()}-d input other than 0, the batch")
     time_axis %= example.dim()
-    if time_axis == 0:
-        raise ValueError("time_axis: axis 0 is the batch")
     output_axes = {0: "batch", 1: "frames"} if output_axes is None else output_axes
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy TorchScript exporter's deprecation notice, tracer warnings
@@ -78,7 +78,10 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, ma
     check = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.1
     with torch.no_grad():
         want = type(model).forward(model, check)
-    diff = float((forward(check) - want).abs().max())
+    got = forward(check)
+    if got.shape != want.shape:  # broadcasting would hide it
+        raise ValueError(f"the exported model's output is shaped {tuple(got.shape)}, PyTorch's {tuple(want.shape)}")
+    diff = float((got - want).abs().max())
     if not diff <= tolerance:  # NaN too
         raise ValueError(f"the exported model's output differs from PyTorch's by {diff:.2g} (> {tolerance:g})")
     return forward

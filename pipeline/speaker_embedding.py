@@ -44,7 +44,7 @@ class ResemblyzerEmbedding:
 
     runtime = "torch"
 
-    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, runtime: str = "torch",
+    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, *, runtime: str = "torch",
                  threads: int = 1):
         """``runtime`` and ``threads``: the encoder interface's (CamPlusPlusEmbedding); this one
         runs under PyTorch only."""
@@ -138,7 +138,7 @@ class CamPlusPlusEmbedding:
     # both. pyannote's own default for its WeSpeaker encoder is 0.70.
     cluster_threshold = CLUSTER_THRESHOLD["campplus"]  # 0.75
 
-    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, optimize: bool = True,
+    def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, optimize: bool = True, *,
                  runtime: str = "onnx", threads: int = 1):
         import importlib.util
 
