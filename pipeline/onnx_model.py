@@ -85,3 +85,19 @@ def onnx_forward(model: torch.nn.Module, example: torch.Tensor, threads: int, ma
     if not diff <= tolerance:  # NaN too
         raise ValueError(f"the exported model's output differs from PyTorch's by {diff:.2g} (> {tolerance:g})")
     return forward
+
+
+def onnx_forward_or_none(what: str, model: torch.nn.Module, example: torch.Tensor, threads: int,
+                         **kwargs) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """:func:`onnx_forward`, or None when the model cannot run under onnxruntime: a model the
+    exporter cannot take (``ImportError`` without ``onnx``, ``torch.onnx``'s errors) or whose
+    export does not give PyTorch's output. Then a warning says why, naming the model as
+    ``what``, and the caller keeps PyTorch."""
+    import logging
+
+    try:
+        return onnx_forward(model, example, threads, **kwargs)
+    except Exception as e:  # whatever the export raises: the model runs as it is
+        logging.getLogger(__name__).warning("%s runs under PyTorch (onnx export failed: %s: %s)",
+                                            what, type(e).__name__, e)
+        return None

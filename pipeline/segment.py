@@ -120,17 +120,12 @@ class Segmenter:
         """The model's forward replaced by an onnxruntime session (``pipeline.onnx_model``: same
         output, 1.6x less CPU on one core). A model the exporter cannot take, or whose export
         does not give PyTorch's output, keeps PyTorch, with a warning that says why."""
-        import logging
+        from pipeline.onnx_model import onnx_forward_or_none
 
-        from pipeline.onnx_model import onnx_forward
-
-        try:
-            # the window's samples, as pyannote's Inference cuts them
-            samples = self.model.audio.get_num_samples(self.model.specifications.duration)
-            forward = onnx_forward(self.model, torch.zeros(2, 1, samples), threads)
-        except Exception as e:  # ImportError (no onnx), torch.onnx's errors, a wrong export: the model runs as it is
-            logging.getLogger(__name__).warning("segmentation model runs under PyTorch (onnx export failed: %s: %s)",
-                                                type(e).__name__, e)
+        # the window's samples, as pyannote's Inference cuts them
+        samples = self.model.audio.get_num_samples(self.model.specifications.duration)
+        forward = onnx_forward_or_none("segmentation model", self.model, torch.zeros(2, 1, samples), threads)
+        if forward is None:
             return
         self.model.forward = forward
         self.runtime = "onnx"

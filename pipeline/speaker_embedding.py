@@ -192,17 +192,12 @@ class CamPlusPlusEmbedding:
         """The model replaced by an onnxruntime session on ``threads`` threads; a model the
         exporter cannot take, or whose export does not give PyTorch's output, keeps PyTorch,
         with a warning that says why."""
-        import logging
+        from pipeline.onnx_model import onnx_forward_or_none
 
-        from pipeline.onnx_model import onnx_forward
-
-        try:
-            # [B, frames, 80 fbank bands] -> [B, 192]; a length of frames varies per item
-            forward = onnx_forward(self.model, torch.zeros(1, 400, 80), threads, time_axis=1,
-                                   output_axes={0: "batch"})
-        except Exception as e:  # ImportError (no onnx), torch.onnx's errors, a wrong export: the model runs as it is
-            logging.getLogger(__name__).warning("CAM++ runs under PyTorch (onnx export failed: %s: %s)",
-                                                type(e).__name__, e)
+        # [B, frames, 80 fbank bands] -> [B, 192]; a length of frames varies per item
+        forward = onnx_forward_or_none("CAM++", self.model, torch.zeros(1, 400, 80), threads, time_axis=1,
+                                       output_axes={0: "batch"})
+        if forward is None:
             return
         self.model = forward
         self.runtime = "onnx"
