@@ -217,6 +217,20 @@ class IngestConfig:
         "offline diarizer: seconds a local speaker must talk alone in a window for its embedding "
         "to join the clustering; the others join the nearest speaker (default: 1.5; 2 with --clustering "
         "silhouette)", group="diarization"))
+    # a second pass (pipeline.speaker_split): each diarized speaker's own speech embedded again
+    # in pieces of <= 2 s, and the speaker split where the pieces form two groups this far apart
+    # (cosine distance between their centroids), each holding min_split_speech seconds; it parts
+    # two voices that segmentation-3.0 tracked as one within a window, which the window-level
+    # clustering cannot. None: the encoder's (pipeline.diarizer_defaults: 0.25 for campplus,
+    # off for resemblyzer); measured in the README's "Diarization"
+    speaker_split: bool = field(default=True, metadata=cli(
+        "split a diarized speaker whose speech holds two voices (the offline diarizer's second pass, "
+        "over <= 2 s pieces)", group="diarization"))
+    split_distance: float | None = field(default=None, metadata=cli(
+        "cosine distance between two groups of a speaker's pieces at or above which it is split "
+        "(default: the encoder's, 0.25 for campplus; resemblyzer: no split)", group="diarization"))
+    min_split_speech: float = field(default=4.0, metadata=cli(
+        "seconds each part of a split speaker must hold", group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
     # its own speaker's (else dropped as mixed_speakers: one voice per utterance for TTS)
     min_speaker_purity: float = field(default=0.9, metadata=cli(
@@ -318,6 +332,10 @@ class IngestConfig:
             raise ConfigError(f"overlap_threshold is an activation in (0, 1) (or None: off), got {self.overlap_threshold}")
         if self.min_clean_speech is not None and not 0.0 < self.min_clean_speech <= 10.0:
             raise ConfigError(f"min_clean_speech is seconds of a 10 s window, in (0, 10], got {self.min_clean_speech}")
+        if self.split_distance is not None and not 0.0 < self.split_distance < 2.0:
+            raise ConfigError(f"split_distance is a cosine distance in (0, 2), got {self.split_distance}")
+        if self.min_split_speech <= 0:
+            raise ConfigError(f"min_split_speech is seconds, > 0, got {self.min_split_speech}")
         if not 0.0 <= self.min_speaker_purity <= 1.0:
             raise ConfigError(f"min_speaker_purity is a share in [0, 1], got {self.min_speaker_purity}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -352,17 +370,21 @@ class IngestConfig:
     def resolved(self) -> IngestConfig:
         """This config with the offline diarizer's own defaults written in, as the runs table
         stores it: ``cluster_threshold`` None means the speaker encoder's cut (with --clustering
-        threshold), ``min_clean_speech`` None the clustering's (``pipeline.diarizer_defaults``,
+        threshold), ``min_clean_speech`` None the clustering's, ``split_distance`` None the
+        encoder's (None again where it has none: no split) (``pipeline.diarizer_defaults``,
         which loads no model library: the ingest's driver stays free of torch)."""
         if self.diarization != "offline":
             return self
-        from pipeline.diarizer_defaults import CLUSTER_THRESHOLD, MIN_CLEAN_SPEECH
+        from pipeline.diarizer_defaults import CLUSTER_THRESHOLD, MIN_CLEAN_SPEECH, SPLIT_DISTANCE
 
         threshold = self.cluster_threshold
         if threshold is None and self.clustering == "threshold":
             threshold = CLUSTER_THRESHOLD[self.speaker_encoder]
         clean = MIN_CLEAN_SPEECH[self.clustering] if self.min_clean_speech is None else self.min_clean_speech
-        return dataclasses.replace(self, cluster_threshold=threshold, min_clean_speech=clean)
+        split = self.split_distance
+        if split is None and self.speaker_split:
+            split = SPLIT_DISTANCE[self.speaker_encoder]
+        return dataclasses.replace(self, cluster_threshold=threshold, min_clean_speech=clean, split_distance=split)
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

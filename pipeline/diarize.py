@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline.diarizer_defaults import SPLIT_DISTANCE
 from pipeline.segment import SegmentationResult, load_segmentation_model, resolve_device
 from pipeline.speaker_embedding import SPEAKER_ENCODERS
+from pipeline.speaker_split import SpeakerSplit
 
 
 @dataclass
@@ -203,13 +205,22 @@ class Diarizer:
                  min_cluster_size: int = MIN_CLUSTER_SIZE, clustering: str = "threshold", min_silhouette: float = 0.2,
                  overlap_threshold: float | None = 0.1, speaker_encoder: str = "campplus",
                  reuse_embeddings: bool = True, min_clean_speech: float | None = None,
-                 speaker_encoder_runtime: str = "onnx"):
+                 speaker_encoder_runtime: str = "onnx", speaker_split: bool = True,
+                 split_distance: float | None = None, min_split_speech: float = 4.0):
+        """speaker_split: the offline diarizer's second pass (``pipeline.speaker_split``) at
+        ``split_distance`` (None: the encoder's, ``pipeline.diarizer_defaults``) and
+        ``min_split_speech`` seconds; not with ``num_speakers``, which fixes the count."""
         torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.kw = {k: v for k, v in dict(num_speakers=num_speakers, min_speakers=min_speakers,
                                          max_speakers=max_speakers).items() if v is not None}
         self.offline = diarization == "offline"
         self.overlap_threshold = overlap_threshold
+        self.split = None
+        if self.offline and speaker_split and num_speakers is None:
+            distance = SPLIT_DISTANCE[speaker_encoder] if split_distance is None else split_distance
+            if distance is not None:
+                self.split = SpeakerSplit(distance=distance, min_speech=min_split_speech)
         if self.offline:
             self.pipeline = _build_offline_pipeline(segmentation_path, step, threshold, self.device, token, onset,
                                                    min_cluster_size, clustering, min_silhouette, speaker_encoder,
@@ -237,6 +248,9 @@ class Diarizer:
         excl = getattr(out, "exclusive_speaker_diarization", ann)
         turns = [(float(s.start), float(s.end), str(label)) for s, _, label in ann.itertracks(yield_label=True)]
         exclusive = [(float(s.start), float(s.end), str(label)) for s, _, label in excl.itertracks(yield_label=True)]
+        if self.split is not None:
+            turns, exclusive = self.split(audio16, turns, exclusive, self.pipeline._embedding,
+                                          max_speakers=self.kw.get("max_speakers"))
         overlap = []
         # the raw scores are those of the offline segmentation model (a pretrained pipeline's
         # own model may frame its output differently; its turns already carry overlap)

@@ -255,7 +255,9 @@ class Diarize(_Stage):
                                      speaker_encoder=cfg.speaker_encoder,
                                      speaker_encoder_runtime=cfg.speaker_encoder_runtime,
                                      reuse_embeddings=not cfg.embed_every_chunk,
-                                     min_clean_speech=cfg.min_clean_speech)
+                                     min_clean_speech=cfg.min_clean_speech,
+                                     speaker_split=cfg.speaker_split, split_distance=cfg.split_distance,
+                                     min_split_speech=cfg.min_split_speech)
 
     def process(self, row: dict) -> None:
         speech = row["segmentation"].speech

@@ -1,0 +1,203 @@
+"""Second pass of the offline diarizer: a diarized speaker whose speech holds two voices is split.
+
+The clustering sees one embedding per (10 s window, local speaker), and segmentation-3.0 tracks
+two similar voices as one local speaker within a window (AMI ``dev00``'s two male voices, which
+trade turns 0.2-0.4 s apart), so their speech arrives at the clustering already mixed, and no cut
+can part it. This pass embeds each diarized speaker's own speech (its exclusive turns) again in
+short pieces (<= ``piece`` s), and splits the speaker in two where its pieces fall into two groups
+(average-linkage agglomeration, then 2-means) whose centroids lie at least ``distance`` apart
+(cosine) and each hold at least ``min_speech`` seconds; each part is tried again, up to
+``max_depth`` splits deep. Pieces too short to embed take the part of the nearest embedded piece
+in time; a new part whose centroid lies closer than ``distance`` to another speaker that the
+clustering found joins that speaker instead (segmentation-3.0 had filed some of a known voice's
+speech under a neighbour's local speaker). A speaker's turns are relabelled between its pieces, in
+the gaps where the part changes.
+
+Measured with bench/diarization.py (README, "Diarization"): chosen on the tune split and the
+simulated conversations of seed 1; a voice heard for less than ``min_speech`` never becomes a
+speaker of its own here (too little for a TTS voice prompt anyway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpeakerSplit:
+    """distance: cosine distance between the two parts' centroids (unit-normalised, weighted by
+    seconds) at or above which a speaker is split; min_speech: seconds each part must hold;
+    piece: the longest piece embedded, seconds (an exclusive turn is cut into equal pieces no
+    longer than this); min_piece: the shortest piece embedded, seconds; max_depth: how many
+    times a part may be split again."""
+
+    distance: float = 0.25
+    min_speech: float = 4.0
+    piece: float = 2.0
+    min_piece: float = 0.8
+    max_depth: int = 3
+
+    def __post_init__(self):
+        if not 0.0 < self.distance < 2.0:
+            raise ValueError(f"speaker split distance must be in (0, 2) (cosine distance), got {self.distance}")
+        if self.min_speech <= 0 or self.piece <= 0 or not 0 < self.min_piece <= self.piece:
+            raise ValueError(f"speaker split: min_speech ({self.min_speech}) and piece ({self.piece}) must be > 0 "
+                             f"and 0 < min_piece ({self.min_piece}) <= piece")
+
+    def pieces(self, exclusive: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+        """Each exclusive turn cut into equal pieces of at most ``piece`` seconds, in time order."""
+        out = []
+        for s, e, label in sorted(exclusive):
+            n = max(1, int(np.ceil((e - s) / self.piece - 1e-9)))
+            out += [(s + (e - s) * k / n, s + (e - s) * (k + 1) / n, label) for k in range(n)]
+        return out
+
+    def __call__(self, audio16: np.ndarray, turns: list[tuple[float, float, str]],
+                 exclusive: list[tuple[float, float, str]], embed, max_speakers: int | None = None,
+                 sample_rate: int = 16_000):
+        """-> (turns, exclusive) with split speakers relabelled (``<label>+<k>``); unchanged where no
+        speaker splits. audio16: [N] at ``sample_rate``; embed: a speaker encoder,
+        ``embed(waveforms [B, 1, N]) -> [B, D]`` (NaN where too short); max_speakers: no split
+        beyond this many speakers in all."""
+        import torch
+
+        pieces = self.pieces(exclusive)
+        speech: dict[str, float] = {}
+        for s, e, label in pieces:
+            speech[label] = speech.get(label, 0.0) + e - s
+        # only a speaker with speech enough for two parts can split: the rest is not embedded
+        candidates = {label for label, t in speech.items() if t >= 2 * self.min_speech}
+        if not candidates or (max_speakers is not None and len(speech) >= max_speakers):
+            return turns, exclusive
+        vectors: dict[int, np.ndarray] = {}
+        for i, (s, e, label) in enumerate(pieces):
+            if label not in candidates or e - s < self.min_piece:
+                continue
+            wav = np.ascontiguousarray(audio16[int(s * sample_rate):int(e * sample_rate)], dtype=np.float32)
+            v = np.asarray(embed(torch.from_numpy(wav)[None, None]))[0]
+            if np.isfinite(v).all() and np.linalg.norm(v) > 0:
+                vectors[i] = v / np.linalg.norm(v)
+        new = [label for _, _, label in pieces]
+        n_speakers = len(speech)
+        for label in sorted(candidates):
+            idx = [i for i, (_, _, lab) in enumerate(pieces) if lab == label and i in vectors]
+            budget = None if max_speakers is None else max_speakers - n_speakers
+            parts = self._split(idx, pieces, vectors, label, 0, [budget])
+            if len(set(parts.values())) < 2:
+                continue
+            n_speakers += len(set(parts.values())) - 1
+            for i, (s, e, lab) in enumerate(pieces):
+                if lab == label and i not in parts:  # too short to embed: the nearest embedded piece's part
+                    mid = (s + e) / 2
+                    parts[i] = parts[min(idx, key=lambda j: abs((pieces[j][0] + pieces[j][1]) / 2 - mid))]
+            for i, part in parts.items():
+                new[i] = part
+        new = self._merge(new, pieces, vectors)
+        if new == [label for _, _, label in pieces]:
+            return turns, exclusive
+        relabelled = [(s, e, label) for (s, e, _), label in zip(pieces, new)]
+        return _relabel(turns, pieces, new), _merge_adjacent(relabelled)
+
+    def _merge(self, new: list[str], pieces, vectors) -> list[str]:
+        """Each new part whose centroid lies closer than ``distance`` to a speaker the clustering
+        found (what is left of it after the split) joins that speaker: the part was a voice that
+        already had a label of its own, not a new one."""
+        found = {label for _, _, label in pieces}
+        members: dict[str, list[int]] = {}
+        for i, part in enumerate(new):
+            if i in vectors:
+                members.setdefault(part, []).append(i)
+        centroid = {part: _unit(np.average(np.stack([vectors[i] for i in idx]), axis=0,
+                                           weights=[pieces[i][1] - pieces[i][0] for i in idx]))
+                    for part, idx in members.items()}
+        known = [label for label in centroid if label in found]
+        rename = {}
+        for part in centroid:
+            if part in found or not known:
+                continue
+            nearest = max(known, key=lambda label: float(centroid[part] @ centroid[label]))
+            if 1.0 - float(centroid[part] @ centroid[nearest]) < self.distance:
+                rename[part] = nearest
+        return [rename.get(part, part) for part in new]
+
+    def _split(self, idx, pieces, vectors, label, depth, budget) -> dict[int, str]:
+        """Piece index -> part label for the embedded pieces ``idx`` of one speaker (or part)."""
+        seconds = np.array([pieces[i][1] - pieces[i][0] for i in idx])
+        if (depth >= self.max_depth or len(idx) < 2 or seconds.sum() < 2 * self.min_speech
+                or (budget[0] is not None and budget[0] <= 0)):
+            return {i: label for i in idx}
+        X = np.stack([vectors[i] for i in idx])
+        group = two_groups(X, seconds)
+        if group is None:
+            return {i: label for i in idx}
+        held = [seconds[group == k].sum() for k in (0, 1)]
+        centroids = [_unit(np.average(X[group == k], axis=0, weights=seconds[group == k])) for k in (0, 1)]
+        if min(held) < self.min_speech or 1.0 - float(centroids[0] @ centroids[1]) < self.distance:
+            return {i: label for i in idx}
+        if budget[0] is not None:
+            budget[0] -= 1
+        main = 0 if held[0] >= held[1] else 1  # the larger part keeps the label
+        out = {}
+        for k in (0, 1):
+            sub = [i for i, g in zip(idx, group) if g == k]
+            name = label if k == main else f"{label}+{depth}{len(sub)}"
+            out.update(self._split(sub, pieces, vectors, name, depth + 1, budget))
+        return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def two_groups(X: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """X [n, D] unit vectors -> group of each row (0/1): average-linkage agglomeration (cosine) cut
+    at two clusters, then weighted 2-means (``weights`` [n], seconds) until no row moves; None
+    where it gives one group."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    group = fcluster(linkage(X, method="average", metric="cosine"), 2, criterion="maxclust") - 1
+    for _ in range(20):
+        if len(set(group.tolist())) < 2:
+            return None
+        centroids = np.stack([_unit(np.average(X[group == k], axis=0, weights=weights[group == k])) for k in (0, 1)])
+        moved = np.argmax(X @ centroids.T, axis=1)
+        if (moved == group).all():
+            break
+        group = moved
+    return group if len(set(group.tolist())) == 2 else None
+
+
+def _relabel(turns, pieces, new) -> list[tuple[float, float, str]]:
+    """Each turn of a split speaker cut where its part changes: at the middle of the gap between
+    two consecutive pieces of that speaker with different parts."""
+    by: dict[str, list[tuple[float, float, str]]] = {}
+    for (s, e, label), part in zip(pieces, new):
+        by.setdefault(label, []).append((s, e, part))
+    out = []
+    for s, e, label in turns:
+        own = by.get(label, [])
+        if len({p for _, _, p in own}) < 2:
+            out.append((s, e, own[0][2] if own else label))
+            continue
+        cuts = [((a[1] + b[0]) / 2, b[2]) for a, b in zip(own, own[1:]) if a[2] != b[2]]
+        points = [s] + [c for c, _ in cuts if s < c < e] + [e]
+        for a, b in zip(points, points[1:]):
+            mid, part = (a + b) / 2, own[0][2]
+            for c, p in cuts:
+                if mid >= c:
+                    part = p
+            out.append((a, b, part))
+    return sorted(out)
+
+
+def _merge_adjacent(turns) -> list[tuple[float, float, str]]:
+    """Consecutive pieces of one label that touch joined back into one turn."""
+    out: list[tuple[float, float, str]] = []
+    for s, e, label in sorted(turns):
+        if out and out[-1][2] == label and abs(out[-1][1] - s) < 1e-6:
+            out[-1] = (out[-1][0], e, label)
+        else:
+            out.append((s, e, label))
+    return out

@@ -1,0 +1,114 @@
+"""The offline diarizer's second pass (pipeline.speaker_split) on real voices with CAM++."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+RATE = 16_000
+BLOCK = 3.0  # seconds of one voice per turn
+
+
+@pytest.fixture(scope="module")
+def voices(speech_dir):
+    """Two real voices, 16 kHz: the MFA author (male) and an Open Speech Repository reader (female),
+    each cut into eight 3 s blocks."""
+    from pipeline.decode import Decoder
+
+    dec = Decoder()
+    a = dec(str(speech_dir / "mfa/tests/data/wav/acoustic_corpus.wav")).audio16
+    b = dec(str(speech_dir / "joinly/tests/data/speech_audio/OSR_us_000_0034_8k.wav")).audio16
+    n = int(BLOCK * RATE)
+    return [a[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(8)], [b[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(8)]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from pipeline.speaker_embedding import CamPlusPlusEmbedding
+
+    return CamPlusPlusEmbedding()
+
+
+def one_speaker(blocks):
+    """The blocks laid end to end, as a diarizer that tracked them all as one speaker gives them:
+    one turn per block, all SPEAKER_00."""
+    audio = np.concatenate(blocks)
+    turns = [(k * BLOCK, (k + 1) * BLOCK, "SPEAKER_00") for k in range(len(blocks))]
+    return audio, turns
+
+
+def label_at(turns, t):
+    return next(label for s, e, label in turns if s <= t < e)
+
+
+def test_a_speaker_holding_two_voices_is_split_at_their_turns(voices, encoder):
+    from pipeline.speaker_split import SpeakerSplit
+
+    a, b = voices
+    blocks = [a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3]]  # the voices take turns, 12 s each
+    audio, turns = one_speaker(blocks)
+    new_turns, exclusive = SpeakerSplit()(audio, turns, turns, encoder)
+    assert len({label for *_, label in exclusive}) == 2
+
+    first = {label_at(new_turns, (k + 0.5) * BLOCK) for k in (0, 2, 4, 6)}
+    second = {label_at(new_turns, (k + 0.5) * BLOCK) for k in (1, 3, 5, 7)}
+    assert len(first) == 1 and len(second) == 1 and first != second  # each voice one label, not the other's
+    # the turns still cover exactly the same time, only relabelled
+    assert sum(e - s for s, e, _ in new_turns) == pytest.approx(len(blocks) * BLOCK)
+
+
+def test_a_part_that_is_another_speakers_voice_joins_that_speaker(voices, encoder):
+    """SPEAKER_00 holds both voices; SPEAKER_01, found by the clustering, is the second voice
+    alone: the second voice's part of SPEAKER_00 goes to SPEAKER_01, not to a new speaker."""
+    from pipeline.speaker_split import SpeakerSplit
+
+    a, b = voices
+    audio, turns = one_speaker([a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3], b[4], b[5], b[6], b[7]])
+    turns = turns[:8] + [(s, e, "SPEAKER_01") for s, e, _ in turns[8:]]
+    new_turns, exclusive = SpeakerSplit()(audio, turns, turns, encoder)
+    assert {label for *_, label in exclusive} == {"SPEAKER_00", "SPEAKER_01"}
+    first_voice = {label_at(new_turns, (k + 0.5) * BLOCK) for k in (0, 2, 4, 6)}
+    second_voice = {label_at(new_turns, (k + 0.5) * BLOCK) for k in (1, 3, 5, 7, 8, 9, 10, 11)}
+    assert second_voice == {"SPEAKER_01"} and first_voice == {"SPEAKER_00"}
+
+
+def test_one_voice_is_never_split_and_hints_bound_the_count(voices, encoder):
+    from pipeline.speaker_split import SpeakerSplit
+
+    a, b = voices
+    for voice in (a, b):  # 24 s of one voice
+        audio, turns = one_speaker(voice)
+        assert SpeakerSplit()(audio, turns, turns, encoder) == (turns, turns)
+    mixed, mixed_turns = one_speaker([a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3]])
+    # a source already at max_speakers is not split, nor a part below min_speech
+    assert SpeakerSplit()(mixed, mixed_turns, mixed_turns, encoder, max_speakers=1) == (mixed_turns, mixed_turns)
+    assert SpeakerSplit(min_speech=13.0)(mixed, mixed_turns, mixed_turns, encoder) == (mixed_turns, mixed_turns)
+
+
+def test_pieces_and_settings():
+    from pipeline.speaker_split import SpeakerSplit
+
+    pieces = SpeakerSplit(piece=2.0).pieces([(0.0, 5.0, "A"), (6.0, 7.5, "B")])
+    assert [(round(s, 3), round(e, 3), x) for s, e, x in pieces] == [
+        (0.0, 1.667, "A"), (1.667, 3.333, "A"), (3.333, 5.0, "A"), (6.0, 7.5, "B")]
+    with pytest.raises(ValueError, match="cosine distance"):
+        SpeakerSplit(distance=0.0)
+    with pytest.raises(ValueError, match="min_piece"):
+        SpeakerSplit(piece=0.5, min_piece=0.8)
+
+
+def test_the_diarizer_splits_unless_told_the_count_or_not_to():
+    from pipeline.config import ConfigError, IngestConfig
+    from pipeline.diarize import Diarizer
+
+    assert Diarizer(device="cpu").split.distance == 0.25  # CAM++'s, pipeline.diarizer_defaults
+    assert Diarizer(device="cpu", num_speakers=2).split is None  # a given count is kept
+    assert Diarizer(device="cpu", speaker_split=False).split is None
+    assert Diarizer(device="cpu", split_distance=0.4, min_split_speech=6.0).split.min_speech == 6.0
+    cfg = IngestConfig(inputs=["x"], output="o")
+    assert cfg.resolved().split_distance == 0.25
+    assert IngestConfig(inputs=["x"], output="o", speaker_encoder="resemblyzer").resolved().split_distance is None
+    with pytest.raises(ConfigError, match="split_distance"):
+        IngestConfig(inputs=["x"], output="o", split_distance=2.5)
+    with pytest.raises(ConfigError, match="min_split_speech"):
+        IngestConfig(inputs=["x"], output="o", min_split_speech=0)
