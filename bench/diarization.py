@@ -294,7 +294,8 @@ def reference_clustering():
 def run_stage(recs: list[dict], cfg_args: list[str], oracle: bool = False) -> dict[str, list[tuple[float, float, str]]]:
     """The diarize stage alone, with the ingest's own settings (``cfg_args`` as on its command
     line), on 16 kHz audio decoded by the ingest's decoder: uri -> speaker turns. ``oracle``:
-    the clustering is replaced by ``reference_clustering``."""
+    the clustering is replaced by ``reference_clustering``, and the second pass that splits a
+    speaker (``pipeline.speaker_split``) is off, so that the bound stays the clustering's."""
     from pipeline.decode import Decoder
     from pipeline.ingest import parse_args
     from pipeline.stages import Diarize, Segment
@@ -306,6 +307,7 @@ def run_stage(recs: list[dict], cfg_args: list[str], oracle: bool = False) -> di
             raise SystemExit("--oracle-clustering needs the offline diarizer (no --diarization NAME)")
         pipe = diarize.diarizer.pipeline
         pipe.clustering, pipe.klustering = reference_clustering(), "OracleClustering"
+        diarize.diarizer.split = None
     out = {}
     for r in recs:
         row = {"path": r["path"], "status": "ok", "audio16": decoder(r["path"]).audio16}

@@ -31,13 +31,16 @@ class SpeakerSplit:
     seconds) at or above which a speaker is split; min_speech: seconds each part must hold;
     piece: the longest piece embedded, seconds (an exclusive turn is cut into equal pieces no
     longer than this); min_piece: the shortest piece embedded, seconds; max_depth: how many
-    times a part may be split again."""
+    times a part may be split again; sample_above: a speaker with more embeddable pieces than this
+    is first embedded every other piece (each counting for the seconds of its neighbours), and
+    its other pieces only where it splits."""
 
     distance: float = 0.25
     min_speech: float = 4.0
     piece: float = 2.0
     min_piece: float = 0.8
     max_depth: int = 3
+    sample_above: int = 16
 
     def __post_init__(self):
         if not 0.0 < self.distance < 2.0:
@@ -72,26 +75,45 @@ class SpeakerSplit:
         if not candidates or (max_speakers is not None and len(speech) >= max_speakers):
             return turns, exclusive
         vectors: dict[int, np.ndarray] = {}
-        for i, (s, e, label) in enumerate(pieces):
-            if label not in candidates or e - s < self.min_piece:
-                continue
-            wav = np.ascontiguousarray(audio16[int(s * sample_rate):int(e * sample_rate)], dtype=np.float32)
-            v = np.asarray(embed(torch.from_numpy(wav)[None, None]))[0]
-            if np.isfinite(v).all() and np.linalg.norm(v) > 0:
-                vectors[i] = v / np.linalg.norm(v)
+
+        def embed_pieces(idx):
+            for i in idx:
+                s, e, _ = pieces[i]
+                wav = np.ascontiguousarray(audio16[int(s * sample_rate):int(e * sample_rate)], dtype=np.float32)
+                v = np.asarray(embed(torch.from_numpy(wav)[None, None]))[0]
+                if np.isfinite(v).all() and np.linalg.norm(v) > 0:
+                    vectors[i] = v / np.linalg.norm(v)
+
         new = [label for _, _, label in pieces]
         n_speakers = len(speech)
         for label in sorted(candidates):
-            idx = [i for i, (_, _, lab) in enumerate(pieces) if lab == label and i in vectors]
-            budget = None if max_speakers is None else max_speakers - n_speakers
-            parts = self._split(idx, pieces, vectors, label, 0, [budget])
-            if len(set(parts.values())) < 2:
+            mine = [i for i, (s, e, lab) in enumerate(pieces) if lab == label]
+            embeddable = [i for i in mine if pieces[i][1] - pieces[i][0] >= self.min_piece]
+            # a long speaker is first embedded every other piece, each counting for its neighbours
+            # too (half the cost where nothing splits, the usual case); the rest only if it splits
+            embed_pieces(embeddable[::2] if len(embeddable) > self.sample_above else embeddable)
+            idx = [i for i in embeddable if i in vectors]
+            if len(idx) < 2:
                 continue
-            n_speakers += len(set(parts.values())) - 1
-            for i, (s, e, lab) in enumerate(pieces):
-                if lab == label and i not in parts:  # too short to embed: the nearest embedded piece's part
-                    mid = (s + e) / 2
-                    parts[i] = parts[min(idx, key=lambda j: abs((pieces[j][0] + pieces[j][1]) / 2 - mid))]
+            weight = dict.fromkeys(idx, 0.0)
+            for i in mine:
+                weight[_nearest(idx, pieces, i)] += pieces[i][1] - pieces[i][0]
+            budget = None if max_speakers is None else max_speakers - n_speakers
+            parts = self._split(idx, weight, vectors, label, 0, [budget])
+            names = sorted(set(parts.values()))
+            if len(names) < 2:
+                continue
+            n_speakers += len(names) - 1
+            rest = [i for i in embeddable if i not in parts]
+            embed_pieces(rest)
+            centroids = np.stack([_unit(np.average(np.stack([vectors[i] for i in idx if parts[i] == n]), axis=0,
+                                                   weights=[weight[i] for i in idx if parts[i] == n])) for n in names])
+            for i in rest:  # the pieces left out above: the part whose centroid is nearest
+                if i in vectors:
+                    parts[i] = names[int(np.argmax(centroids @ vectors[i]))]
+            for i in mine:  # too short to embed: the part of the nearest piece in time
+                if i not in parts:
+                    parts[i] = parts[_nearest([j for j in parts if j in vectors], pieces, i)]
             for i, part in parts.items():
                 new[i] = part
         new = self._merge(new, pieces, vectors)
@@ -122,9 +144,10 @@ class SpeakerSplit:
                 rename[part] = nearest
         return [rename.get(part, part) for part in new]
 
-    def _split(self, idx, pieces, vectors, label, depth, budget) -> dict[int, str]:
-        """Piece index -> part label for the embedded pieces ``idx`` of one speaker (or part)."""
-        seconds = np.array([pieces[i][1] - pieces[i][0] for i in idx])
+    def _split(self, idx, weight, vectors, label, depth, budget) -> dict[int, str]:
+        """Piece index -> part label for the embedded pieces ``idx`` of one speaker (or part);
+        ``weight``: the seconds each one counts for."""
+        seconds = np.array([weight[i] for i in idx])
         if (depth >= self.max_depth or len(idx) < 2 or seconds.sum() < 2 * self.min_speech
                 or (budget[0] is not None and budget[0] <= 0)):
             return {i: label for i in idx}
@@ -143,8 +166,14 @@ class SpeakerSplit:
         for k in (0, 1):
             sub = [i for i, g in zip(idx, group) if g == k]
             name = label if k == main else f"{label}+{depth}{len(sub)}"
-            out.update(self._split(sub, pieces, vectors, name, depth + 1, budget))
+            out.update(self._split(sub, weight, vectors, name, depth + 1, budget))
         return out
+
+
+def _nearest(idx: list[int], pieces, i: int) -> int:
+    """The piece of ``idx`` whose middle is nearest in time to piece ``i``'s."""
+    mid = (pieces[i][0] + pieces[i][1]) / 2
+    return min(idx, key=lambda j: abs((pieces[j][0] + pieces[j][1]) / 2 - mid))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
