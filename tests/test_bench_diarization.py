@@ -187,7 +187,8 @@ def test_cuts_score_the_stage_at_each_cut_from_one_embedding_pass(tmp_path, caps
     finds more speakers and a higher one fewer (near 2, the largest distance between unit
     embeddings, the clustering makes one cluster; pyannote still names a second speaker where the
     segmentation hears two at once), and the speaker encoder runs no more for five cuts than for
-    the one stage run. What cannot be swept is refused before any work."""
+    the one stage run (its window pass; the second pass, which splits a speaker, runs per cut).
+    What cannot be swept is refused before any work."""
     import json
 
     from pipeline.speaker_embedding import CamPlusPlusEmbedding
@@ -200,7 +201,10 @@ def test_cuts_score_the_stage_at_each_cut_from_one_embedding_pass(tmp_path, caps
     assert [r["uri"] for r in recs] == ["a", "b"]
     calls = []
     encode = CamPlusPlusEmbedding.__call__
-    monkeypatch.setattr(CamPlusPlusEmbedding, "__call__", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    # the window pass: embeddings of masked (window, local speaker) batches; the second pass
+    # (pipeline.speaker_split) embeds unmasked pieces of each speaker, which differ with the cut
+    monkeypatch.setattr(CamPlusPlusEmbedding, "__call__",
+                        lambda self, w, masks=None: (masks is not None and calls.append(1)) or encode(self, w, masks))
     stage = bench.score(recs, bench.run_stage(recs, []))
     once = len(calls)
     assert once > 0
