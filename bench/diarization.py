@@ -338,8 +338,9 @@ def sweepable(cfg_args: list[str]):
 
 def run_stage_at_cuts(recs: list[dict], cfg_args: list[str], cuts: list[float]) -> dict[float, dict]:
     """The diarize stage, as ``run_stage``, at each clustering cut (``--cluster-threshold``): cut ->
-    uri -> speaker turns. Each recording is segmented and embedded once; only the clustering (which
-    takes milliseconds) runs per cut, so a sweep costs about one stage run. For choosing the cut on
+    uri -> speaker turns. Each recording is segmented and its windows embedded once; only the
+    clustering (milliseconds) and the second pass that splits a speaker (``pipeline.speaker_split``,
+    which embeds that cut's speakers' pieces) run per cut. For choosing the cut on
     recordings of one's own domain (``--split none --recordings DIR --cuts ...``): the README says
     why a fixed cut is the offline diarizer's weak point on long recordings."""
     from pipeline.decode import Decoder

@@ -185,7 +185,8 @@ class IngestConfig:
     speaker_encoder_runtime: Literal["onnx", "torch"] = field(default="onnx", metadata=cli(
         "onnx: CAM++ runs under onnxruntime on CPU (exported in memory at start; same embeddings, "
         "1.26x less CPU); torch: under PyTorch (TorchScript)", group="diarization"))
-    num_speakers: int | None = field(default=None, metadata=cli("speakers per source, when known", group="diarization"))
+    num_speakers: int | None = field(default=None, metadata=cli(
+        "speakers per source, when known (the speaker split's second pass is then off)", group="diarization"))
     min_speakers: int | None = field(default=None, metadata=cli(
         "at least this many speakers per source", group="diarization"))
     max_speakers: int | None = field(default=None, metadata=cli(
@@ -228,7 +229,8 @@ class IngestConfig:
         "over <= 2 s pieces)", group="diarization"))
     split_distance: float | None = field(default=None, metadata=cli(
         "cosine distance between two groups of a speaker's pieces at or above which it is split "
-        "(default: the encoder's, 0.25 for campplus; resemblyzer: no split)", group="diarization"))
+        "(default: the encoder's, 0.25 for campplus; none for resemblyzer, where only a given value splits)",
+        group="diarization"))
     min_split_speech: float = field(default=4.0, metadata=cli(
         "seconds each part of a split speaker must hold", group="diarization"))
     # a segment keeps its audio only if at least this share of the diarized speech inside it is
@@ -334,7 +336,7 @@ class IngestConfig:
             raise ConfigError(f"min_clean_speech is seconds of a 10 s window, in (0, 10], got {self.min_clean_speech}")
         if self.split_distance is not None and not 0.0 < self.split_distance < 2.0:
             raise ConfigError(f"split_distance is a cosine distance in (0, 2), got {self.split_distance}")
-        if self.min_split_speech <= 0:
+        if not self.min_split_speech > 0:  # NaN too
             raise ConfigError(f"min_split_speech is seconds, > 0, got {self.min_split_speech}")
         if not 0.0 <= self.min_speaker_purity <= 1.0:
             raise ConfigError(f"min_speaker_purity is a share in [0, 1], got {self.min_speaker_purity}")
@@ -382,7 +384,7 @@ class IngestConfig:
             threshold = CLUSTER_THRESHOLD[self.speaker_encoder]
         clean = MIN_CLEAN_SPEECH[self.clustering] if self.min_clean_speech is None else self.min_clean_speech
         split = self.split_distance
-        if split is None and self.speaker_split:
+        if split is None and self.speaker_split and self.num_speakers is None:
             split = SPLIT_DISTANCE[self.speaker_encoder]
         return dataclasses.replace(self, cluster_threshold=threshold, min_clean_speech=clean, split_distance=split)
 

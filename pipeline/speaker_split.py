@@ -13,8 +13,8 @@ clustering found joins that speaker instead (segmentation-3.0 had filed some of 
 speech under a neighbour's local speaker). A speaker's turns are relabelled between its pieces, in
 the gaps where the part changes.
 
-Measured with bench/diarization.py (README, "Diarization"): chosen on the tune split and the
-simulated conversations of seed 1; a voice heard for less than ``min_speech`` never becomes a
+Measured with bench/diarization.py (README, "Diarization"): chosen on the tune split, tune-long
+and the simulated conversations of seeds 1-3; a voice heard for less than ``min_speech`` never becomes a
 speaker of its own here (too little for a TTS voice prompt anyway).
 """
 
@@ -60,14 +60,15 @@ class SpeakerSplit:
     def __call__(self, audio16: np.ndarray, turns: list[tuple[float, float, str]],
                  exclusive: list[tuple[float, float, str]], embed, max_speakers: int | None = None,
                  sample_rate: int = 16_000):
-        """-> (turns, exclusive) with split speakers relabelled (``<label>+<k>``); unchanged where no
+        """-> (turns, exclusive) with split speakers relabelled (a new part is ``<label>+<depth><pieces>``,
+        or the found speaker it joined); unchanged where no
         speaker splits. audio16: [N] at ``sample_rate``; embed: a speaker encoder,
         ``embed(waveforms [B, 1, N]) -> [B, D]`` (NaN where too short); max_speakers: no split
         beyond this many speakers in all."""
         import torch
 
         pieces = self.pieces(exclusive)
-        speech: dict[str, float] = {}
+        speech: dict[str, float] = {label: 0.0 for _, _, label in turns}  # every speaker counts for max_speakers
         for s, e, label in pieces:
             speech[label] = speech.get(label, 0.0) + e - s
         # only a speaker with speech enough for two parts can split: the rest is not embedded
@@ -120,12 +121,15 @@ class SpeakerSplit:
         if new == [label for _, _, label in pieces]:
             return turns, exclusive
         relabelled = [(s, e, label) for (s, e, _), label in zip(pieces, new)]
-        return _relabel(turns, pieces, new), _merge_adjacent(relabelled)
+        # a part that joined a found speaker may overlap that speaker's own turns: one turn there
+        return _merge_adjacent(_relabel(turns, pieces, new)), _merge_adjacent(relabelled)
 
     def _merge(self, new: list[str], pieces, vectors) -> list[str]:
         """Each new part whose centroid lies closer than ``distance`` to a speaker the clustering
-        found (what is left of it after the split) joins that speaker: the part was a voice that
-        already had a label of its own, not a new one."""
+        found (what is left of it after the split; only speakers with pieces embedded, i.e. with
+        2 * min_speech of speech) joins that speaker: the part was a voice that already had a label
+        of its own, not a new one. Only new parts move: a split speaker keeps its label on its
+        larger part even where that part is another found speaker's voice."""
         found = {label for _, _, label in pieces}
         members: dict[str, list[int]] = {}
         for i, part in enumerate(new):
@@ -222,11 +226,14 @@ def _relabel(turns, pieces, new) -> list[tuple[float, float, str]]:
 
 
 def _merge_adjacent(turns) -> list[tuple[float, float, str]]:
-    """Consecutive pieces of one label that touch joined back into one turn."""
+    """Turns of one label that touch or overlap joined into one turn."""
+    last: dict[str, int] = {}
     out: list[tuple[float, float, str]] = []
     for s, e, label in sorted(turns):
-        if out and out[-1][2] == label and abs(out[-1][1] - s) < 1e-6:
-            out[-1] = (out[-1][0], e, label)
+        k = last.get(label)
+        if k is not None and s <= out[k][1] + 1e-6:
+            out[k] = (out[k][0], max(out[k][1], e), label)
         else:
+            last[label] = len(out)
             out.append((s, e, label))
-    return out
+    return sorted(out)

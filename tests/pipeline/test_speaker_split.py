@@ -91,6 +91,11 @@ def test_pieces_and_settings():
     pieces = SpeakerSplit(piece=2.0).pieces([(0.0, 5.0, "A"), (6.0, 7.5, "B")])
     assert [(round(s, 3), round(e, 3), x) for s, e, x in pieces] == [
         (0.0, 1.667, "A"), (1.667, 3.333, "A"), (3.333, 5.0, "A"), (6.0, 7.5, "B")]
+    # a part that joined a found speaker may overlap that speaker's own turns: one turn there
+    from pipeline.speaker_split import _merge_adjacent
+
+    assert _merge_adjacent([(4.0, 5.0, "B"), (3.0, 6.0, "B"), (6.0, 7.0, "A"), (7.0, 8.0, "B")]) == [
+        (3.0, 6.0, "B"), (6.0, 7.0, "A"), (7.0, 8.0, "B")]
     with pytest.raises(ValueError, match="cosine distance"):
         SpeakerSplit(distance=0.0)
     with pytest.raises(ValueError, match="min_piece"):
