@@ -60,9 +60,9 @@ class SpeakerSplit:
     def __call__(self, audio16: np.ndarray, turns: list[tuple[float, float, str]],
                  exclusive: list[tuple[float, float, str]], embed, max_speakers: int | None = None,
                  sample_rate: int = 16_000):
-        """-> (turns, exclusive) with split speakers relabelled (a new part is ``<label>+<depth><pieces>``,
-        or the found speaker it joined); unchanged where no
-        speaker splits. audio16: [N] at ``sample_rate``; embed: a speaker encoder,
+        """-> (turns, exclusive) with split speakers relabelled (a new part is
+        ``<label>+<depth><pieces>``, or the found speaker it joined); unchanged where no speaker
+        splits. audio16: [N] at ``sample_rate``; embed: a speaker encoder,
         ``embed(waveforms [B, 1, N]) -> [B, D]`` (NaN where too short); max_speakers: no split
         beyond this many speakers in all."""
         import torch
