@@ -107,14 +107,15 @@ class SpeakerSplit:
             n_speakers += len(names) - 1
             rest = [i for i in embeddable if i not in parts]
             embed_pieces(rest)
-            centroids = np.stack([_unit(np.average(np.stack([vectors[i] for i in idx if parts[i] == n]), axis=0,
-                                                   weights=[weight[i] for i in idx if parts[i] == n])) for n in names])
+            centroids = np.stack([_centroid([vectors[i] for i in idx if parts[i] == n],
+                                            [weight[i] for i in idx if parts[i] == n]) for n in names])
             for i in rest:  # the pieces left out above: the part whose centroid is nearest
                 if i in vectors:
                     parts[i] = names[int(np.argmax(centroids @ vectors[i]))]
+            embedded = [j for j in parts if j in vectors]
             for i in mine:  # too short to embed: the part of the nearest piece in time
                 if i not in parts:
-                    parts[i] = parts[_nearest([j for j in parts if j in vectors], pieces, i)]
+                    parts[i] = parts[_nearest(embedded, pieces, i)]
             for i, part in parts.items():
                 new[i] = part
         new = self._merge(new, pieces, vectors)
@@ -135,8 +136,7 @@ class SpeakerSplit:
         for i, part in enumerate(new):
             if i in vectors:
                 members.setdefault(part, []).append(i)
-        centroid = {part: _unit(np.average(np.stack([vectors[i] for i in idx]), axis=0,
-                                           weights=[pieces[i][1] - pieces[i][0] for i in idx]))
+        centroid = {part: _centroid([vectors[i] for i in idx], [pieces[i][1] - pieces[i][0] for i in idx])
                     for part, idx in members.items()}
         known = [label for label in centroid if label in found]
         rename = {}
@@ -160,7 +160,7 @@ class SpeakerSplit:
         if group is None:
             return {i: label for i in idx}
         held = [seconds[group == k].sum() for k in (0, 1)]
-        centroids = [_unit(np.average(X[group == k], axis=0, weights=seconds[group == k])) for k in (0, 1)]
+        centroids = [_centroid(X[group == k], seconds[group == k]) for k in (0, 1)]
         if min(held) < self.min_speech or 1.0 - float(centroids[0] @ centroids[1]) < self.distance:
             return {i: label for i in idx}
         if budget[0] is not None:
@@ -180,7 +180,9 @@ def _nearest(idx: list[int], pieces, i: int) -> int:
     return min(idx, key=lambda j: abs((pieces[j][0] + pieces[j][1]) / 2 - mid))
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
+def _centroid(vectors, seconds) -> np.ndarray:
+    """The unit-normalised mean of unit vectors [n, D], weighted by ``seconds`` [n]."""
+    v = np.average(np.asarray(vectors), axis=0, weights=seconds)
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
@@ -194,7 +196,7 @@ def two_groups(X: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
     for _ in range(20):
         if len(set(group.tolist())) < 2:
             return None
-        centroids = np.stack([_unit(np.average(X[group == k], axis=0, weights=weights[group == k])) for k in (0, 1)])
+        centroids = np.stack([_centroid(X[group == k], weights[group == k]) for k in (0, 1)])
         moved = np.argmax(X @ centroids.T, axis=1)
         if (moved == group).all():
             break
