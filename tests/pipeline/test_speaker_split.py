@@ -23,6 +23,28 @@ def voices(speech_dir):
 
 
 @pytest.fixture(scope="module")
+def third_voice(speech_dir):
+    """A third real voice (a FLEURS French reader, CAM++ centroid distance >= 0.55 from the two
+    above), four 3 s blocks."""
+    from pipeline.decode import Decoder
+
+    c = Decoder()(str(speech_dir / "cuttledoc-fleurs/fleurs-fr-001.ogg")).audio16
+    n = int(BLOCK * RATE)
+    return [c[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(4)]
+
+
+class CountingEncoder:
+    """The speaker encoder, counting the pieces it embeds."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+
+    def __call__(self, waveforms):
+        self.calls += len(waveforms)
+        return self.encoder(waveforms)
+
+
+@pytest.fixture(scope="module")
 def encoder():
     from pipeline.speaker_embedding import CamPlusPlusEmbedding
 
@@ -83,6 +105,48 @@ def test_one_voice_is_never_split_and_hints_bound_the_count(voices, encoder):
     # a source already at max_speakers is not split, nor a part below min_speech
     assert SpeakerSplit()(mixed, mixed_turns, mixed_turns, encoder, max_speakers=1) == (mixed_turns, mixed_turns)
     assert SpeakerSplit(min_speech=13.0)(mixed, mixed_turns, mixed_turns, encoder) == (mixed_turns, mixed_turns)
+
+
+def test_a_long_speaker_is_embedded_every_other_piece_first(voices, encoder):
+    """Above ``sample_above`` pieces a speaker is embedded every other piece; the other half only
+    when it splits, and then each of those pieces goes to its own voice's part."""
+    from pipeline.speaker_split import SpeakerSplit
+
+    a, b = voices
+    audio, turns = one_speaker(a)  # 24 s of one voice: 16 pieces of 1.5 s
+    counting = CountingEncoder(encoder)
+    assert SpeakerSplit(sample_above=8)(audio, turns, turns, counting) == (turns, turns)
+    assert counting.calls == 8  # every other piece, and no split: the rest never embedded
+    counting.calls = 0
+    assert SpeakerSplit(sample_above=16)(audio, turns, turns, counting) == (turns, turns)
+    assert counting.calls == 16  # at or below the bound: every piece
+
+    # both voices, 48 s in 3 s turns: 32 pieces, first 16 embedded, then, as it splits, the other 16
+    blocks = [x for pair in zip(a, b) for x in pair]
+    audio, turns = one_speaker(blocks)
+    counting.calls = 0
+    new_turns, exclusive = SpeakerSplit()(audio, turns, turns, counting)
+    assert counting.calls == 32
+    first = {label_at(new_turns, (k + 0.5) * BLOCK) for k in range(0, 16, 2)}
+    second = {label_at(new_turns, (k + 0.5) * BLOCK) for k in range(1, 16, 2)}
+    assert len(first) == 1 and len(second) == 1 and first != second
+
+
+def test_three_voices_split_twice_unless_max_speakers_says_two(voices, third_voice, encoder):
+    """One diarized speaker holding three voices comes out as three (the split recurses), or as
+    two where ``max_speakers=2`` leaves budget for one split only."""
+    from pipeline.speaker_split import SpeakerSplit
+
+    a, b = voices
+    blocks = [x for trio in zip(a[:4], b[:4], third_voice) for x in trio]  # a b c a b c ..., 36 s
+    audio, turns = one_speaker(blocks)
+    new_turns, _ = SpeakerSplit()(audio, turns, turns, encoder)
+    by_voice = {v: {label_at(new_turns, (k + 0.5) * BLOCK) for k in range(v, 12, 3)} for v in range(3)}
+    assert all(len(labels) == 1 for labels in by_voice.values())
+    assert len(set.union(*by_voice.values())) == 3
+    new_turns, exclusive = SpeakerSplit()(audio, turns, turns, encoder, max_speakers=2)
+    assert len({label for *_, label in exclusive}) == 2
+    assert len({label for *_, label in new_turns}) == 2
 
 
 def test_pieces_and_settings():
