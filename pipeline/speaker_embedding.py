@@ -132,11 +132,9 @@ class CamPlusPlusEmbedding:
     dimension = 192
     metric = "cosine"
     # the cut of pyannote's centroid-linkage clustering (euclidean distance between centroids of
-    # unit-normalised embeddings). bench/diarization.py's tune split (AMI clips of 9-30 s) gives
-    # the same DER from 0.7 to 0.9; simulated conversations of 1.5-3 min (seed 1, not the seed
-    # the README reports) from 0.6 to 0.75, and from 0.8 merge similar clean voices: 0.75 is in
-    # both. pyannote's own default for its WeSpeaker encoder is 0.70.
-    cluster_threshold = CLUSTER_THRESHOLD["campplus"]  # 0.75
+    # unit-normalised embeddings), chosen with the diarizer's second pass on (pipeline.
+    # diarizer_defaults says how). pyannote's own default for its WeSpeaker encoder is 0.70.
+    cluster_threshold = CLUSTER_THRESHOLD["campplus"]  # 0.85
 
     def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, optimize: bool = True, *,
                  runtime: str = "onnx", threads: int = 1):

@@ -208,23 +208,23 @@ def test_cuts_score_the_stage_at_each_cut_from_one_embedding_pass(tmp_path, caps
     stage = bench.score(recs, bench.run_stage(recs, []))
     once = len(calls)
     assert once > 0
-    cuts = [0.3, 0.5, 0.75, 1.0, 1.99]
+    cuts = [0.3, 0.5, 0.85, 1.0, 1.99]
     swept = bench.run_stage_at_cuts(recs, [], cuts)
     assert len(calls) == 2 * once  # one embedding pass for the five cuts
     scores = {cut: bench.score(recs, turns) for cut, turns in swept.items()}
     for uri in ("a", "b"):  # each recording with its own embeddings
-        assert scores[0.75]["per_recording"][uri]["der"] == pytest.approx(stage["per_recording"][uri]["der"], abs=1e-9)
-        assert scores[0.75]["per_recording"][uri]["speakers_found"] == stage["per_recording"][uri]["speakers_found"]
+        assert scores[0.85]["per_recording"][uri]["der"] == pytest.approx(stage["per_recording"][uri]["der"], abs=1e-9)
+        assert scores[0.85]["per_recording"][uri]["speakers_found"] == stage["per_recording"][uri]["speakers_found"]
     found = [scores[c]["per_recording"]["a"]["speakers_found"] for c in cuts]
     assert found == sorted(found, reverse=True) and found[0] > found[2] > found[-1]
     # the command line: a table and the best cut, and the figures in the JSON
     out = tmp_path / "cuts.json"
-    assert bench.main(["--mode", "stage", "--split", "none", "--recordings", str(tmp_path), "--cuts", "0.75,1.99",
+    assert bench.main(["--mode", "stage", "--split", "none", "--recordings", str(tmp_path), "--cuts", "0.85,1.99",
                        "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "at each clustering cut" in text and "lowest DER" in text and "is 0.75)" in text
+    assert "at each clustering cut" in text and "lowest DER" in text and "is 0.85)" in text
     report = json.loads(out.read_text())
-    assert report["stage_cuts_own"]["0.75"]["pooled"]["der"] == pytest.approx(stage["pooled"]["der"], abs=1e-9)
+    assert report["stage_cuts_own"]["0.85"]["pooled"]["der"] == pytest.approx(stage["pooled"]["der"], abs=1e-9)
     assert report["stage_own"]["pooled"]["der"] == pytest.approx(stage["pooled"]["der"], abs=1e-9)  # from that pass
     with pytest.raises(SystemExit, match="clustering cut"):
         bench.run_stage_at_cuts(recs, ["--clustering", "silhouette"], [0.7])

@@ -280,4 +280,4 @@ def test_the_runs_table_gets_the_diarizers_defaults_written_in():
             "c = IngestConfig(inputs=['x'], output='y').resolved(); "
             "print(c.cluster_threshold, c.min_clean_speech, 'torch' in sys.modules, 'pyannote.audio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    assert out.split() == ["0.75", "1.5", "False", "False"]
+    assert out.split() == ["0.85", "1.5", "False", "False"]

@@ -147,5 +147,5 @@ def test_rerun_is_a_no_op(e2e_ingested):
     assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
     # each run stores the settings that ran, the diarizer's defaults written in (None: "its default")
     configs = [json.loads(c) for (c,) in con.execute("SELECT config FROM runs").fetchall()]
-    assert all(c["cluster_threshold"] == 0.75 and c["min_clean_speech"] == 1.5 for c in configs)
+    assert all(c["cluster_threshold"] == 0.85 and c["min_clean_speech"] == 1.5 for c in configs)
     assert "sources: 0 to do" in p.stdout
