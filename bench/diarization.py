@@ -3,7 +3,7 @@ whole ingest gives users (the speaker labels of its ``segments`` rows).
 
     .venv/bin/python bench/diarization.py [--mode stage|ingest|both|encoders|single] [--split tune|held|all]
         [--simulated N] [--meetings] [--recordings DIR] [--work /tmp/bench_diarization] [--pipeline-args "--clustering threshold"]
-        [--oracle-clustering] [--cuts 0.6,0.7,0.75,0.8] [--json out.json]
+        [--oracle-clustering] [--cuts 0.7,0.8,0.85,0.9] [--json out.json]
 
 Recordings (every multi-speaker file with a reference RTTM in ../shared):
   - ``../shared/speech/pyannote-audio/tests/data``: 14 AMI clips of 30 s, scored inside their UEM;
@@ -577,7 +577,7 @@ def main(argv=None) -> int:
         try:
             cuts = sorted({float(c) for c in a.cuts.split(",") if c.strip()})
         except ValueError:
-            ap.error(f"--cuts takes numbers separated by commas (e.g. 0.6,0.7,0.75,0.8), got {a.cuts!r}")
+            ap.error(f"--cuts takes numbers separated by commas (e.g. 0.7,0.8,0.85,0.9), got {a.cuts!r}")
         if not cuts or not all(0 < c < 2 for c in cuts):
             ap.error(f"--cuts: each cut is a distance between unit embeddings, in (0, 2), got {a.cuts!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

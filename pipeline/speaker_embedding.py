@@ -132,8 +132,8 @@ class CamPlusPlusEmbedding:
     dimension = 192
     metric = "cosine"
     # the cut of pyannote's centroid-linkage clustering (euclidean distance between centroids of
-    # unit-normalised embeddings), chosen with the diarizer's second pass on (pipeline.
-    # diarizer_defaults says how). pyannote's own default for its WeSpeaker encoder is 0.70.
+    # unit-normalised embeddings), chosen with the diarizer's second pass on
+    # (pipeline.diarizer_defaults says how). pyannote's own default for its WeSpeaker encoder is 0.70.
     cluster_threshold = CLUSTER_THRESHOLD["campplus"]  # 0.85
 
     def __init__(self, device: torch.device | str = "cpu", min_speech: float = 0.4, optimize: bool = True, *,

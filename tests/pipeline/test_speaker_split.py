@@ -24,8 +24,8 @@ def voices(speech_dir):
 
 @pytest.fixture(scope="module")
 def third_voice(speech_dir):
-    """A third real voice (a FLEURS French reader, CAM++ centroid distance >= 0.55 from the two
-    above), four 3 s blocks."""
+    """A third real voice (a FLEURS French reader; the cosine distance between its CAM++ centroid
+    and each of the two above is >= 0.55), four 3 s blocks."""
     from pipeline.decode import Decoder
 
     c = Decoder()(str(speech_dir / "cuttledoc-fleurs/fleurs-fr-001.ogg")).audio16
@@ -125,7 +125,7 @@ def test_a_long_speaker_is_embedded_every_other_piece_first(voices, encoder):
     blocks = [x for pair in zip(a, b) for x in pair]
     audio, turns = one_speaker(blocks)
     counting.calls = 0
-    new_turns, exclusive = SpeakerSplit()(audio, turns, turns, counting)
+    new_turns, _ = SpeakerSplit()(audio, turns, turns, counting)
     assert counting.calls == 32
     first = {label_at(new_turns, (k + 0.5) * BLOCK) for k in range(0, 16, 2)}
     second = {label_at(new_turns, (k + 0.5) * BLOCK) for k in range(1, 16, 2)}
