@@ -9,6 +9,13 @@ RATE = 16_000
 BLOCK = 3.0  # seconds of one voice per turn
 
 
+def blocks_of(audio, count: int) -> list:
+    """``count`` consecutive blocks of ``BLOCK`` s of 16 kHz ``audio``, from 2 s in (past any lead-in
+    silence)."""
+    n = int(BLOCK * RATE)
+    return [audio[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(count)]
+
+
 @pytest.fixture(scope="module")
 def voices(speech_dir):
     """Two real voices, 16 kHz: the MFA author (male) and an Open Speech Repository reader (female),
@@ -18,8 +25,7 @@ def voices(speech_dir):
     dec = Decoder()
     a = dec(str(speech_dir / "mfa/tests/data/wav/acoustic_corpus.wav")).audio16
     b = dec(str(speech_dir / "joinly/tests/data/speech_audio/OSR_us_000_0034_8k.wav")).audio16
-    n = int(BLOCK * RATE)
-    return [a[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(8)], [b[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(8)]
+    return blocks_of(a, 8), blocks_of(b, 8)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,7 @@ def third_voice(speech_dir):
     from pipeline.decode import Decoder
 
     c = Decoder()(str(speech_dir / "cuttledoc-fleurs/fleurs-fr-001.ogg")).audio16
-    n = int(BLOCK * RATE)
-    return [c[2 * RATE + k * n: 2 * RATE + (k + 1) * n] for k in range(4)]
+    return blocks_of(c, 4)
 
 
 class CountingEncoder:
