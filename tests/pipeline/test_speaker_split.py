@@ -137,6 +137,29 @@ def test_a_long_speaker_is_embedded_every_other_piece_first(voices, encoder):
     assert len(first) == 1 and len(second) == 1 and first != second
 
 
+def test_a_part_under_min_speech_once_every_piece_is_placed_is_folded_back(voices, encoder):
+    """18 turns of 1.5 s, two of them (turns 4 and 10) the second voice: embedded every other
+    piece, each second-voice piece also counts for the unembedded piece after it, so the split
+    sees 6 s of that voice and splits; once every piece has its part, the part holds 3 s, under
+    ``min_speech``, and folds back: one speaker, as the diarizer gave it."""
+    from pipeline.speaker_split import SpeakerSplit
+
+    a, b = voices
+    half = int(1.5 * RATE)
+    a_halves = [x[k * half:(k + 1) * half] for x in a for k in (0, 1)]
+    b_halves = [b[0][:half], b[1][:half]]
+    order = ["b" if k in (4, 10) else "a" for k in range(18)]
+    take = {"a": iter(a_halves), "b": iter(b_halves)}
+    audio = np.concatenate([next(take[v]) for v in order])
+    turns = [(k * 1.5, (k + 1) * 1.5, "SPEAKER_00") for k in range(18)]
+    assert SpeakerSplit()(audio, turns, turns, encoder) == (turns, turns)
+    # at min_speech 2 s the same 3 s part stands as a speaker: the second voice's two turns
+    new_turns, _ = SpeakerSplit(min_speech=2.0)(audio, turns, turns, encoder)
+    second = {label_at(new_turns, t) for t in (4 * 1.5 + 0.7, 10 * 1.5 + 0.7)}
+    rest = {label_at(new_turns, k * 1.5 + 0.7) for k in range(18) if order[k] == "a"}
+    assert len(second) == 1 and rest == {"SPEAKER_00"} and second != rest
+
+
 def test_three_voices_split_twice_unless_max_speakers_says_two(voices, third_voice, encoder):
     """One diarized speaker holding three voices comes out as three (the split recurses), or as
     two where ``max_speakers=2`` leaves budget for one split only."""
