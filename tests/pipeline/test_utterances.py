@@ -132,21 +132,29 @@ def test_a_voice_heard_under_another_gets_its_own_overlap_rows():
 def test_word_times_are_fitted_to_the_voice_activity():
     from pipeline.utterances import fit_words_to_speech
 
-    speech = [(0.0, 1.0), (1.5, 3.0), (6.0, 7.0)]
+    speech = [(0.0, 1.0), (1.15, 1.25), (1.5, 3.0), (6.0, 7.0), (9.0, 20.0)]
     words = [{"word": "one", "start": 0.2, "end": 0.6},
              # Whisper's last word before a pause, stretched 1.4 s into the silence after it
              {"word": "link.", "start": 2.5, "end": 4.4},
              # a first word whose start was pulled back into the silence before it
              {"word": "If", "start": 5.2, "end": 6.3},
-             # a word across a short pause keeps both regions (and loses nothing inside them)
-             {"word": "across", "start": 0.8, "end": 1.7},
+             # a word across pauses of 0.15 s (a stop's closure) keeps the regions on both sides
+             {"word": "stop", "start": 0.9, "end": 1.25},
+             # a word across a pause of 0.2 s or more: the stretch it overlaps most (1.5 s of it
+             # lies in 1.4-3.1, 0.15 s in -0.1-1.35)
+             {"word": "across", "start": 1.2, "end": 2.9},
              # a word where the VAD heard nothing keeps its times: nothing to fit it to
-             {"word": "faint", "start": 4.6, "end": 5.0}]
+             {"word": "faint", "start": 4.6, "end": 5.0},
+             # inside one long region, a word stretched over 3 s is cut to 1.5 s from its start
+             {"word": "very", "start": 10.0, "end": 13.0}]
     out = fit_words_to_speech(words, speech, tolerance=0.1)
-    assert [(x["word"], x["start"], x["end"]) for x in out] == [
-        ("one", 0.2, 0.6), ("link.", 2.5, 3.1), ("If", 5.9, 6.3), ("across", 0.8, 1.7), ("faint", 4.6, 5.0)]
+    assert [(x["word"], round(x["start"], 3), round(x["end"], 3)) for x in out] == [
+        ("one", 0.2, 0.6), ("link.", 2.5, 3.1), ("If", 5.9, 6.3), ("stop", 0.9, 1.25), ("across", 1.4, 2.9),
+        ("faint", 4.6, 5.0), ("very", 10.0, 11.5)]
     assert out[1]["word"] == "link." and "score" not in out[1]  # other fields pass through untouched
-    assert fit_words_to_speech(words, []) == words
+    # no limit asked for, no speech to fit to: the times as they came
+    assert fit_words_to_speech(words, [], max_word=None) == words
+    assert [x["end"] for x in fit_words_to_speech(words, [])][1:3] == [4.0, 6.3]  # the limit still holds
 
 
 def test_a_backchannel_over_a_quarter_of_a_word_flags_it_as_overlapped():
