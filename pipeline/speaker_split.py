@@ -119,7 +119,7 @@ class SpeakerSplit:
             for i in mine:  # too short to embed: the part of the nearest piece in time
                 if i not in parts:
                     parts[i] = parts[_nearest(embedded, pieces, i)]
-            parts = self._fold_small(parts, mine, pieces, vectors)
+            parts = self._fold_small(parts, mine, pieces, vectors, label)
             n_speakers -= len(names) - len(set(parts.values()))
             for i, part in parts.items():
                 new[i] = part
@@ -130,10 +130,12 @@ class SpeakerSplit:
         # a part that joined a found speaker may overlap that speaker's own turns: one turn there
         return _merge_adjacent(_relabel(turns, pieces, new)), _merge_adjacent(relabelled)
 
-    def _fold_small(self, parts: dict[int, str], mine: list[int], pieces, vectors) -> dict[int, str]:
-        """Piece -> part of one split speaker, with each part that holds less than ``min_speech``
-        seconds once every piece has its part (the split measured the sampled pieces only) folded
-        into the part whose centroid is nearest, smallest first."""
+    def _fold_small(self, parts: dict[int, str], mine: list[int], pieces, vectors, label: str) -> dict[int, str]:
+        """Piece -> part of one split speaker (``label``), with each part that holds less than
+        ``min_speech`` seconds once every piece has its part (the split measured the sampled pieces
+        only) folded into the part whose centroid is nearest, smallest first. Every part holds an
+        embedded piece (the split made it from them). The speaker keeps its label: where its own
+        part is the one folded, the part it joins takes the label."""
         while True:
             seconds: dict[str, float] = {}
             for i in mine:
@@ -143,10 +145,10 @@ class SpeakerSplit:
                 return parts
             centroid = {p: _centroid([vectors[i] for i in mine if parts[i] == p and i in vectors],
                                      [pieces[i][1] - pieces[i][0] for i in mine if parts[i] == p and i in vectors])
-                        for p in seconds if any(parts[i] == p and i in vectors for i in mine)}
-            others = [p for p in centroid if p != small]
-            into = max(others, key=lambda p: float(centroid[p] @ centroid[small])) if small in centroid else others[0]
-            parts = {i: into if p == small else p for i, p in parts.items()}
+                        for p in seconds}
+            into = max((p for p in centroid if p != small), key=lambda p: float(centroid[p] @ centroid[small]))
+            name = label if label in (small, into) else into
+            parts = {i: name if p in (small, into) else p for i, p in parts.items()}
 
     def _merge(self, new: list[str], pieces, vectors) -> list[str]:
         """Each new part whose centroid lies closer than ``distance`` to a speaker the clustering

@@ -40,7 +40,7 @@ def fit_words_to_speech(words: list[dict], speech: list[tuple[float, float]], to
     """Clip each word's ``[start, end]`` to the stretch of voice activity it overlaps most, then
     cut it to at most ``max_word`` s from its start (None: no limit). A stretch is a region of
     ``speech`` [(start, end)] (sorted, seconds) widened by ``tolerance`` s on each side, joined
-    with its neighbours across pauses shorter than ``2 * tolerance`` (a stop's closure inside a
+    with its neighbours across pauses of ``2 * tolerance`` or less (a stop's closure inside a
     word); a word that overlaps no speech keeps its times (then only the limit applies).
 
     Whisper's word timestamps without an alignment model (faster-whisper's cross-attention
@@ -55,7 +55,7 @@ def fit_words_to_speech(words: list[dict], speech: list[tuple[float, float]], to
     import bisect
 
     stretches: list[list[float]] = []
-    for s, e in speech:
+    for s, e in sorted(speech):
         if stretches and s - tolerance <= stretches[-1][1]:
             stretches[-1][1] = max(stretches[-1][1], e + tolerance)
         else:

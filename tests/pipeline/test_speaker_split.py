@@ -209,3 +209,21 @@ def test_the_diarizer_splits_unless_told_the_count_or_not_to():
         IngestConfig(inputs=["x"], output="o", split_distance=2.5)
     with pytest.raises(ConfigError, match="min_split_speech"):
         IngestConfig(inputs=["x"], output="o", min_split_speech=0)
+
+
+def test_a_small_part_folds_into_the_nearest_and_the_speaker_keeps_its_label():
+    """``_fold_small`` on unit vectors laid out by hand: a 2 s part joins the part whose centroid is
+    nearest, not the larger one; where the folded part is the speaker's own, the label stays."""
+    from pipeline.speaker_split import SpeakerSplit
+
+    pieces = [(float(k), k + 1.0, "S") for k in range(12)]
+    x, y, z = np.eye(3)
+    near_y = (y + 0.2 * x) / np.linalg.norm(y + 0.2 * x)
+    vectors = {i: v for i, v in enumerate([x] * 6 + [y] * 4 + [near_y] * 2)}
+    parts = {i: p for i, p in enumerate(["S"] * 6 + ["S+1"] * 4 + ["S+2"] * 2)}
+    out = SpeakerSplit()._fold_small(parts, list(range(12)), pieces, vectors, "S")
+    assert [out[i] for i in range(12)] == ["S"] * 6 + ["S+1"] * 6
+    # the speaker's own part is the small one: its pieces and the part they join carry "S"
+    parts = {i: p for i, p in enumerate(["S+1"] * 6 + ["S+2"] * 4 + ["S"] * 2)}
+    out = SpeakerSplit()._fold_small(parts, list(range(12)), pieces, vectors, "S")
+    assert [out[i] for i in range(12)] == ["S+1"] * 6 + ["S"] * 6

@@ -140,7 +140,7 @@ def test_word_times_are_fitted_to_the_voice_activity():
              {"word": "If", "start": 5.2, "end": 6.3},
              # a word across pauses of 0.15 s (a stop's closure) keeps the regions on both sides
              {"word": "stop", "start": 0.9, "end": 1.25},
-             # a word across a pause of 0.2 s or more: the stretch it overlaps most (1.5 s of it
+             # a word across a pause of more than 0.2 s: the stretch it overlaps most (1.5 s of it
              # lies in 1.4-3.1, 0.15 s in -0.1-1.35)
              {"word": "across", "start": 1.2, "end": 2.9},
              # a word where the VAD heard nothing keeps its times: nothing to fit it to
@@ -152,6 +152,11 @@ def test_word_times_are_fitted_to_the_voice_activity():
         ("one", 0.2, 0.6), ("link.", 2.5, 3.1), ("If", 5.9, 6.3), ("stop", 0.9, 1.25), ("across", 1.4, 2.9),
         ("faint", 4.6, 5.0), ("very", 10.0, 11.5)]
     assert out[1]["word"] == "link." and "score" not in out[1]  # other fields pass through untouched
+    # the earlier stretch where it holds more of the word, and where both hold the same
+    two = [(0.0, 1.0), (1.5, 2.4)]
+    assert [(round(x["start"], 3), round(x["end"], 3)) for x in fit_words_to_speech(
+        [{"word": "a", "start": 0.2, "end": 1.6}, {"word": "b", "start": 0.6, "end": 1.9}], two)] == [
+        (0.2, 1.1), (0.6, 1.1)]
     # no limit asked for, no speech to fit to: the times as they came
     assert fit_words_to_speech(words, [], max_word=None) == words
     assert [x["end"] for x in fit_words_to_speech(words, [])][1:3] == [4.0, 6.3]  # the limit still holds
