@@ -10,8 +10,8 @@ short pieces (<= ``piece`` s), and splits the speaker in two where its pieces fa
 ``max_depth`` splits deep. A long speaker is embedded every other piece first; once every piece
 has its part, a part left with less than ``min_speech`` folds into the nearest other part (the
 split had counted each embedded piece for its neighbours too: AMI dev00+dev01 laid end to end
-gave two voices five labels, two of them of 1.8 and 3.3 s). Pieces too short to embed take the part of the nearest embedded piece
-in time; a new part whose centroid lies closer than ``distance`` to another speaker that the
+gave two voices five labels, two of them of 1.8 and 3.3 s). Pieces too short to embed take the
+part of the nearest embedded piece in time; a new part whose centroid lies closer than ``distance`` to another speaker that the
 clustering found joins that speaker instead (segmentation-3.0 had filed some of a known voice's
 speech under a neighbour's local speaker). A speaker's turns are relabelled between its pieces, in
 the gaps where the part changes.
@@ -143,9 +143,9 @@ class SpeakerSplit:
             small = min(seconds, key=seconds.get)
             if len(seconds) < 2 or seconds[small] >= self.min_speech:
                 return parts
-            centroid = {p: _centroid([vectors[i] for i in mine if parts[i] == p and i in vectors],
-                                     [pieces[i][1] - pieces[i][0] for i in mine if parts[i] == p and i in vectors])
-                        for p in seconds}
+            embedded = {p: [i for i in mine if parts[i] == p and i in vectors] for p in seconds}
+            centroid = {p: _centroid([vectors[i] for i in idx], [pieces[i][1] - pieces[i][0] for i in idx])
+                        for p, idx in embedded.items()}
             into = max((p for p in centroid if p != small), key=lambda p: float(centroid[p] @ centroid[small]))
             name = label if label in (small, into) else into
             parts = {i: name if p in (small, into) else p for i, p in parts.items()}

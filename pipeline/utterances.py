@@ -68,7 +68,7 @@ def fit_words_to_speech(words: list[dict], speech: list[tuple[float, float]], to
         i = bisect.bisect_left(starts, e) - 1
         best, best_ov = None, 0.0
         while i >= 0 and stretches[i][1] > s:
-            ov = min(e, stretches[i][1]) - max(s, stretches[i][0])
+            ov = _overlap(s, e, *stretches[i])
             if ov >= best_ov:  # ties: the earlier stretch (the word's start is the surer end)
                 best, best_ov = stretches[i], ov
             i -= 1
